@@ -1,0 +1,100 @@
+# VTHCL pretraining of a SlowOnly-R50 (8x8) on Kinetics-400, 8 GPUs x 8 clips.
+#   tools/dist_train.sh configs/vthcl_r50_k400.py 8
+# Values the paper does not state are CMC/NPID practice (see README, "Defaults").
+_base_ = ['mmaction::_base_/default_runtime.py']
+
+custom_imports = dict(imports=['mmvthcl'], allow_failed_imports=False)
+default_scope = 'mmaction'
+
+# ---------------------------------------------------------------- model
+model = dict(
+    type='VTHCL',
+    backbone=dict(type='VTHCLResNet3d', depth=50, pretrained=None),
+    fast_backbone=None,  # None: a copy of `backbone` with its own weights
+    share_encoder=False,
+    head=dict(
+        type='HierarchicalContrastiveHead',
+        depths=('res3', 'res4', 'res5'),
+        loss_weights=(1.0, 1.0, 1.0),
+        feat_dim=128,
+        temperature=0.07,
+        num_negatives=16384,
+        per_sample_negatives=False,
+        memory=dict(
+            type='HierarchicalMemoryBank',
+            num_samples=None,  # None: the training set's length
+            momentum=0.5,
+            sharded=False)))
+
+# ----------------------------------------------------------------- data
+dataset_type = 'VideoDataset'
+data_root = 'data/kinetics400/videos_train'
+ann_file_train = 'data/kinetics400/kinetics400_train_list_videos.txt'
+crop_size = 224
+
+# applied to each clip independently (TempoPairDecode)
+clip_pipeline = [
+    dict(type='Resize', scale=(-1, 256)),
+    dict(type='RandomResizedCrop', area_range=(0.2, 1.0)),
+    dict(type='Resize', scale=(crop_size, crop_size), keep_ratio=False),
+    dict(type='Flip', flip_ratio=0.5),
+    dict(type='ClipColorJitter', p=0.8),
+    dict(type='ClipGrayscale', p=0.2),
+    dict(type='FormatShape', input_format='NCTHW'),
+]
+train_pipeline = [
+    dict(type='DecordInit'),
+    dict(
+        type='TempoPairSampleFrames',
+        clip_len=8,
+        frame_interval=8,
+        alpha=2,
+        same_num_frames=False),
+    dict(type='TempoPairDecode', clip_pipeline=clip_pipeline,
+         share_crop=False),
+    dict(
+        type='PackActionInputs',
+        collect_keys=('imgs', 'imgs_fast'),
+        algorithm_keys=('sample_idx', )),
+]
+train_dataloader = dict(
+    batch_size=8,
+    num_workers=8,
+    persistent_workers=True,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(
+        type=dataset_type,
+        ann_file=ann_file_train,
+        data_prefix=dict(video=data_root),
+        pipeline=train_pipeline))
+
+# -------------------------------------------------------------- schedule
+max_epochs = 100
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs)
+val_cfg = None
+test_cfg = None
+# lr = 0.03 x (total batch / 256); total batch = 8 GPUs x 8 = 64
+optim_wrapper = dict(
+    optimizer=dict(type='SGD', lr=0.03 * 64 / 256, momentum=0.9,
+                   weight_decay=1e-4))
+param_scheduler = [
+    dict(
+        type='CosineAnnealingLR',
+        T_max=max_epochs,
+        eta_min=0,
+        by_epoch=True,
+        begin=0,
+        end=max_epochs,
+        convert_to_iter_based=True)
+]
+# --auto-scale-lr rescales lr for another total batch size
+auto_scale_lr = dict(enable=False, base_batch_size=64)
+
+# --------------------------------------------------------------- runtime
+default_hooks = dict(
+    logger=dict(type='LoggerHook', interval=50),
+    checkpoint=dict(
+        type='CheckpointHook', interval=5, max_keep_ckpts=3, save_best=None),
+    # sizes the banks from the dataset and syncs every buffer but the banks
+    sync_buffers=dict(type='MemoryBankHook'))
+randomness = dict(seed=0)

@@ -1,0 +1,3 @@
+from .memory_bank_hook import MemoryBankHook
+
+__all__ = ['MemoryBankHook']

@@ -1,0 +1,3 @@
+from .vthcl import VTHCL
+
+__all__ = ['VTHCL']

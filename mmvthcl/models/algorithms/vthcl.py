@@ -1,0 +1,202 @@
+"""VTHCL: the self-supervised model. It only wires the parts together.
+
+slow clip ─ backbone ──────┐                  ┌ loss_res3, loss_res4, loss_res5
+                           ├─ head (φ, InfoNCE, memory banks)
+fast clip ─ fast_backbone ─┘
+
+Labels are never read: the only per-sample annotation used is the dataset
+index (``sample_idx``), the key of the memory banks.
+"""
+import copy
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from mmengine.model import BaseModel
+
+from mmaction.registry import MODELS
+from mmaction.structures import ActionDataSample
+from ..backbones.vthcl_resnet3d import depth_indices
+
+#: RGB 0-255 normalisation of MMAction2's Kinetics configs; keep it identical
+#: downstream so the exported encoder sees the inputs it was trained on.
+IMG_NORM = dict(
+    mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375])
+
+
+def default_data_preprocessor() -> dict:
+    """Normalise both clips like MMAction2's SlowOnly configs do."""
+    pre = dict(type='ActionDataPreprocessor', format_shape='NCTHW', **IMG_NORM)
+    return dict(
+        type='MultiModalDataPreprocessor',
+        preprocessors=dict(imgs=pre, imgs_fast=copy.deepcopy(pre)))
+
+
+@MODELS.register_module()
+class VTHCL(BaseModel):
+    """Visual-tempo hierarchical contrastive learning (arXiv 2006.15489).
+
+    Inputs are the dict ``{'imgs': slow, 'imgs_fast': fast}`` that
+    ``PackActionInputs(collect_keys=('imgs', 'imgs_fast'))`` produces, each
+    (B, 1, C, T, H, W) after the data preprocessor.
+
+    Modes of :meth:`forward`:
+
+    - ``'loss'``: the per-depth losses; updates the memory banks.
+    - ``'tensor'``: ``{'{depth}_{tempo}': (B, D) embeddings}`` for every clip
+      present in ``inputs`` (a slow clip alone is fine).
+    - ``'predict'``: the same embeddings as fields of the data samples.
+
+    Args:
+        backbone (dict): The slow encoder, e.g. ``VTHCLResNet3d``; it is the
+            one exported for transfer (``backbone.*`` keys, as in MMAction2
+            recognizers). Its ``out_indices`` follow ``head.depths``.
+        head (dict): A :class:`HierarchicalContrastiveHead`; its
+            ``in_channels`` are taken from the backbone.
+        fast_backbone (dict, optional): The fast encoder. Defaults to a copy
+            of ``backbone`` with separate weights.
+        share_encoder (bool): Use one encoder for both tempos.
+            Defaults to False.
+        data_preprocessor (dict, optional): Defaults to a
+            ``MultiModalDataPreprocessor`` normalising both clips.
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    def __init__(self,
+                 backbone: dict,
+                 head: dict,
+                 fast_backbone: Optional[dict] = None,
+                 share_encoder: bool = False,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(
+            data_preprocessor=data_preprocessor or
+            default_data_preprocessor(),
+            init_cfg=init_cfg)
+        head = copy.deepcopy(dict(head))
+        depths = tuple(
+            head.setdefault('depths', ('res3', 'res4', 'res5')))
+        out_indices = depth_indices(depths)
+        if share_encoder and fast_backbone is not None:
+            raise ValueError('share_encoder=True uses the backbone for both '
+                             'tempos; remove model.fast_backbone')
+        self.share_encoder = share_encoder
+        self.backbone = self._build_encoder(backbone, out_indices, 'backbone')
+        if share_encoder:
+            self.fast_backbone = None
+        else:
+            self.fast_backbone = self._build_encoder(
+                fast_backbone if fast_backbone is not None else backbone,
+                out_indices, 'fast_backbone')
+            if self.fast_backbone.out_channels != self.backbone.out_channels:
+                raise ValueError(
+                    'model.fast_backbone must give the same channels per '
+                    f'depth as model.backbone ({self.backbone.out_channels}'
+                    f' vs {self.fast_backbone.out_channels})')
+        head.setdefault('in_channels', self.backbone.out_channels)
+        self.head = MODELS.build(head)
+        # The banks are kept equal on all ranks by the memory itself; DDP
+        # must neither broadcast them (hundreds of MB per step) nor, for a
+        # sharded memory, overwrite each rank's slice with rank 0's.
+        self._ddp_params_and_buffers_to_ignore = [
+            f'head.memory.{name}' for name in self.head.memory.bank_names()
+        ]
+
+    @staticmethod
+    def _build_encoder(cfg: dict, out_indices: tuple, name: str):
+        cfg = copy.deepcopy(dict(cfg))
+        given = cfg.setdefault('out_indices', out_indices)
+        if tuple(given) != out_indices:
+            raise ValueError(
+                f'model.{name}.out_indices={tuple(given)} disagrees with '
+                f'model.head.depths (needs {out_indices}); leave out_indices '
+                'unset, it follows the depths')
+        encoder = MODELS.build(cfg)
+        if not hasattr(encoder, 'out_channels'):
+            raise TypeError(
+                f'model.{name} ({type(encoder).__name__}) must report its '
+                'out_channels per depth, as VTHCLResNet3d does')
+        return encoder
+
+    @property
+    def depths(self) -> tuple:
+        return self.head.depths
+
+    def encoder(self, tempo: str) -> torch.nn.Module:
+        """The encoder of ``'slow'`` or ``'fast'`` clips."""
+        if tempo == 'slow' or self.share_encoder:
+            return self.backbone
+        if tempo == 'fast':
+            return self.fast_backbone
+        raise ValueError(f"tempo must be 'slow' or 'fast', got {tempo!r}")
+
+    def extract_feat(self, imgs: torch.Tensor,
+                     tempo: str = 'slow') -> tuple:
+        """Backbone feature maps of one clip batch, in ``depths`` order.
+
+        Args:
+            imgs (Tensor): (B, C, T, H, W) or (B, V, C, T, H, W) with V views
+                folded into the batch.
+            tempo (str): Which encoder to use.
+        """
+        if imgs.dim() == 6:
+            imgs = imgs.flatten(0, 1)
+        return self.encoder(tempo)(imgs)
+
+    def embed(self, inputs: Dict[str, torch.Tensor]) -> Dict[str, dict]:
+        """φ embeddings of every clip present in ``inputs``."""
+        out = {}
+        for tempo, key in (('slow', 'imgs'), ('fast', 'imgs_fast')):
+            if key in inputs:
+                feats = self.extract_feat(inputs[key], tempo)
+                out[tempo] = self.head.project(feats, tempo)
+        if not out:
+            raise KeyError('VTHCL inputs need "imgs" (slow clip) and/or '
+                           f'"imgs_fast", got keys {sorted(inputs)}')
+        return out
+
+    @staticmethod
+    def sample_index(data_samples: Sequence[ActionDataSample],
+                     device) -> torch.Tensor:
+        """Dataset indices of the batch (the memory-bank keys)."""
+        try:
+            index = [int(ds.sample_idx) for ds in data_samples]
+        except (AttributeError, TypeError):
+            raise KeyError(
+                'VTHCL needs each sample\'s dataset index: end the pipeline '
+                "with PackActionInputs(..., algorithm_keys=('sample_idx',))")
+        return torch.tensor(index, dtype=torch.long, device=device)
+
+    def loss(self, inputs: Dict[str, torch.Tensor],
+             data_samples: Sequence[ActionDataSample]) -> dict:
+        if 'imgs' not in inputs or 'imgs_fast' not in inputs:
+            raise KeyError('VTHCL training needs both clips: inputs must '
+                           "hold 'imgs' and 'imgs_fast' (see "
+                           'TempoPairDecode)')
+        emb = self.embed(inputs)
+        index = self.sample_index(data_samples, inputs['imgs'].device)
+        return self.head.loss(emb['slow'], emb['fast'], index)
+
+    def forward(self,
+                inputs: Dict[str, torch.Tensor],
+                data_samples: Optional[List[ActionDataSample]] = None,
+                mode: str = 'tensor') -> Union[dict, list]:
+        if mode == 'loss':
+            return self.loss(inputs, data_samples)
+        emb = self.embed(inputs)
+        flat = {
+            f'{depth}_{tempo}': v
+            for tempo, per_depth in emb.items()
+            for depth, v in per_depth.items()
+        }
+        if mode == 'tensor':
+            return flat
+        if mode == 'predict':
+            batch = next(iter(flat.values())).shape[0]
+            if data_samples is None:
+                data_samples = [ActionDataSample() for _ in range(batch)]
+            for i, ds in enumerate(data_samples):
+                for name, v in flat.items():
+                    ds.set_field(v[i], name)
+            return data_samples
+        raise ValueError(f'Invalid mode "{mode}": use loss, tensor or '
+                         'predict')

@@ -1,0 +1,3 @@
+from .hierarchical_contrastive_head import HierarchicalContrastiveHead
+
+__all__ = ['HierarchicalContrastiveHead']

@@ -1,0 +1,240 @@
+"""Hierarchical contrast: one InfoNCE per depth, slow against fast and back.
+
+At every depth d (res3, res4, res5) each tempo has its own projection φ. The
+slow embedding of instance i is a query against the *fast* bank of depth d
+(positive: the fast bank's row i; negatives: K other rows), and the fast
+embedding queries the slow bank; the two directions are summed (CMC's
+symmetric loss) and weighted per depth. After the loss the banks take the
+step's embeddings (see :class:`HierarchicalMemoryBank`).
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+
+from mmaction.registry import MODELS
+
+
+class Projection(nn.Module):
+    """φ: global average pool → Linear → BN → ReLU → Linear → L2-normalise.
+
+    Args:
+        in_channels (int): Channels C of the feature map.
+        hidden_channels (int): Width of the hidden layer.
+        out_channels (int): Embedding size D.
+    """
+
+    def __init__(self, in_channels: int, hidden_channels: int,
+                 out_channels: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_channels, hidden_channels)
+        self.bn = nn.BatchNorm1d(hidden_channels)
+        self.fc2 = nn.Linear(hidden_channels, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed a (B, C, T, H, W) feature map as (B, D) unit vectors."""
+        x = x.mean(dim=(2, 3, 4))
+        x = self.fc2(F.relu(self.bn(self.fc1(x))))
+        return F.normalize(x, dim=1)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply φ at every location of a (B, C, T, H, W) map.
+
+        The MLP acts as 1×1×1 convolutions with the same weights and BN uses
+        its running statistics (eval mode), so locations do not interact.
+
+        Returns:
+            Tensor: (B, D, T, H, W) unit vectors.
+        """
+        h = self.fc1(x.movedim(1, -1))
+        shape = h.shape
+        h = F.batch_norm(
+            h.reshape(-1, shape[-1]),
+            self.bn.running_mean,
+            self.bn.running_var,
+            self.bn.weight,
+            self.bn.bias,
+            training=False,
+            eps=self.bn.eps).reshape(shape)
+        h = self.fc2(F.relu(h))
+        return F.normalize(h, dim=-1).movedim(-1, 1)
+
+
+def info_nce(query: torch.Tensor, positive: torch.Tensor,
+             negatives: torch.Tensor, temperature: float) -> tuple:
+    """InfoNCE of unit queries against one positive and K negatives each.
+
+    Args:
+        query (Tensor): (B, D).
+        positive (Tensor): (B, D).
+        negatives (Tensor): (K, D) shared by the batch, or (B, K, D).
+        temperature (float): T in exp(q·k / T).
+
+    Returns:
+        tuple: The mean loss and the fraction of queries whose positive
+        scores above every negative.
+    """
+    l_pos = (query * positive).sum(dim=1, keepdim=True)
+    if negatives.dim() == 2:
+        l_neg = query @ negatives.t()
+    else:
+        l_neg = torch.bmm(negatives, query.unsqueeze(2)).squeeze(2)
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    target = logits.new_zeros(logits.shape[0], dtype=torch.long)
+    loss = F.cross_entropy(logits, target)
+    with torch.no_grad():
+        acc = (logits.argmax(dim=1) == 0).float().mean()
+    return loss, acc
+
+
+@MODELS.register_module()
+class HierarchicalContrastiveHead(BaseModule):
+    """Per-depth, per-tempo projections and the symmetric InfoNCE losses.
+
+    Args:
+        in_channels (Sequence[int]): Channels of each depth's feature map;
+            :class:`VTHCL` fills it in from the backbone.
+        depths (Sequence[str]): Depths that get a loss. Defaults to
+            ``('res3', 'res4', 'res5')``.
+        loss_weights (Sequence[float], optional): Weight of each depth's loss.
+            Defaults to 1 for every depth.
+        feat_dim (int): Embedding size D. Defaults to 128.
+        hidden_channels (Sequence[int], optional): Hidden width of φ per
+            depth. Defaults to ``in_channels``.
+        temperature (float): Softmax temperature T. Defaults to 0.07.
+        num_negatives (int): K, negatives per query. Defaults to 16384.
+        per_sample_negatives (bool): Draw K negatives for every query (the
+            NPID/CMC way, B times the memory) instead of K shared by the
+            batch. Defaults to False.
+        memory (dict): Config of the :class:`HierarchicalMemoryBank`; depths,
+            tempos and ``feat_dim`` are filled in.
+        init_cfg (dict, optional): Initialisation config.
+    """
+
+    tempos: Tuple[str, str] = ('slow', 'fast')
+
+    def __init__(self,
+                 in_channels: Sequence[int],
+                 depths: Sequence[str] = ('res3', 'res4', 'res5'),
+                 loss_weights: Optional[Sequence[float]] = None,
+                 feat_dim: int = 128,
+                 hidden_channels: Optional[Sequence[int]] = None,
+                 temperature: float = 0.07,
+                 num_negatives: int = 16384,
+                 per_sample_negatives: bool = False,
+                 memory: dict = dict(type='HierarchicalMemoryBank'),
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.depths = tuple(depths)
+        n = len(self.depths)
+        loss_weights = (1.0, ) * n if loss_weights is None else tuple(
+            loss_weights)
+        hidden_channels = in_channels if hidden_channels is None else \
+            hidden_channels
+        for name, value in (('in_channels', in_channels),
+                            ('loss_weights', loss_weights),
+                            ('hidden_channels', hidden_channels)):
+            if len(value) != n:
+                raise ValueError(
+                    f'head.{name} has {len(value)} entries for {n} depths '
+                    f'{self.depths}')
+        if temperature <= 0:
+            raise ValueError(f'head.temperature must be > 0, got '
+                             f'{temperature}')
+        if num_negatives < 1:
+            raise ValueError(f'head.num_negatives must be >= 1, got '
+                             f'{num_negatives}')
+        self.loss_weights = loss_weights
+        self.temperature = temperature
+        self.num_negatives = num_negatives
+        self.per_sample_negatives = per_sample_negatives
+        self.projections = nn.ModuleDict({
+            f'{d}_{t}': Projection(c, h, feat_dim)
+            for d, c, h in zip(self.depths, in_channels, hidden_channels)
+            for t in self.tempos
+        })
+        memory = dict(memory)
+        for key, value in (('depths', self.depths), ('tempos', self.tempos),
+                           ('feat_dim', feat_dim)):
+            given = memory.setdefault(key, value)
+            if isinstance(given, (list, tuple)):
+                given = tuple(given)
+            if given != value:
+                raise ValueError(f'head.memory.{key}={memory[key]!r} '
+                                 f'conflicts with the head ({value!r})')
+        if per_sample_negatives and memory.get('sharded', False):
+            raise ValueError('per_sample_negatives=True is not supported with '
+                             'a sharded memory (every rank would fetch B×K '
+                             'rows of every other rank); use shared '
+                             'negatives or a replicated memory')
+        self.memory = MODELS.build(memory)
+        self.check_bank_size()
+
+    def check_bank_size(self) -> None:
+        """K must not exceed the bank (raised at build time when N is known)."""
+        n = self.memory.num_samples
+        if self.memory.is_sized and self.num_negatives > n:
+            raise ValueError(
+                f'head.num_negatives={self.num_negatives} is larger than the '
+                f'memory bank ({n} samples); lower it below the dataset '
+                'length')
+
+    def project(self, feats: Sequence[torch.Tensor],
+                tempo: str) -> Dict[str, torch.Tensor]:
+        """Embed one tempo's backbone features, depth by depth.
+
+        Args:
+            feats (Sequence[Tensor]): Feature maps in ``depths`` order.
+            tempo (str): ``'slow'`` or ``'fast'``.
+
+        Returns:
+            dict: depth → (B, D) unit embeddings.
+        """
+        return {
+            d: self.projections[f'{d}_{tempo}'](x)
+            for d, x in zip(self.depths, feats)
+        }
+
+    def loss(self, slow: Dict[str, torch.Tensor],
+             fast: Dict[str, torch.Tensor],
+             index: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Symmetric hierarchical InfoNCE, then the memory update.
+
+        Args:
+            slow (dict): depth → (B, D) slow embeddings.
+            fast (dict): depth → (B, D) fast embeddings.
+            index (Tensor): (B, ) dataset indices of the instances.
+
+        Returns:
+            dict: ``loss_{depth}`` for every depth (summed by the optimiser
+            step) and ``acc_{depth}`` (logged only).
+        """
+        batch = index.shape[0]
+        shape = (batch, self.num_negatives) if self.per_sample_negatives \
+            else (self.num_negatives, )
+        negatives = self.memory.sample_negatives(shape, device=index.device)
+        rows = self.memory.fetch(index, negatives)
+        losses = {}
+        for d, w in zip(self.depths, self.loss_weights):
+            # slow queries the fast bank; fast queries the slow bank
+            l_sf, a_sf = info_nce(slow[d], *rows[(d, 'fast')],
+                                  self.temperature)
+            l_fs, a_fs = info_nce(fast[d], *rows[(d, 'slow')],
+                                  self.temperature)
+            loss = w * (l_sf + l_fs)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f'loss_{d} is {loss.item()} (depth {d}: slow→fast '
+                    f'{l_sf.item()}, fast→slow {l_fs.item()}); lower the '
+                    'learning rate or check the input clips')
+            losses[f'loss_{d}'] = loss
+            losses[f'acc_{d}'] = (a_sf + a_fs) / 2
+        self.memory.update(index, {
+            **{(d, 'slow'): v
+               for d, v in slow.items()},
+            **{(d, 'fast'): v
+               for d, v in fast.items()}
+        })
+        return losses

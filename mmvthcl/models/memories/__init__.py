@@ -1,0 +1,3 @@
+from .hierarchical_memory_bank import HierarchicalMemoryBank
+
+__all__ = ['HierarchicalMemoryBank']

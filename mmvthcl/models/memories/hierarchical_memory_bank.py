@@ -1,0 +1,317 @@
+"""Memory banks of VTHCL: one N × D bank per depth and per tempo.
+
+The memory only stores and updates (MMSelfSup's ``SimpleMemory`` split): the
+head reads positives and negatives from it and computes the loss.
+
+Consistency under DDP. Every rank sees a different part of the global batch.
+Updates are made from the features and dataset indices of *all* ranks
+(``all_gather``), and negatives are drawn from a generator seeded by
+``(seed, step)``, so every rank holds the same banks and draws the same
+negatives; a 1-process run over the same global batch gives the same banks.
+
+Sharded mode. For datasets too large to replicate the banks on every rank
+(10M videos × 6 banks × 128 floats = 30.7 GB), ``sharded=True`` gives each of
+the W ranks a contiguous slice of ceil(N / W) rows; rows are fetched through
+one ``all_reduce`` per step (each rank fills the rows it owns). Random values
+are generated per fixed-size chunk of rows, so a shard holds exactly the rows
+the replicated bank would hold, and both modes give the same losses.
+"""
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as torch_dist
+import torch.nn.functional as F
+from mmengine.dist import get_dist_info
+from mmengine.model import BaseModule
+
+from mmaction.registry import MODELS
+
+_INIT_CHUNK = 4096  # rows per seeded chunk of the random initialisation
+
+
+def _is_dist() -> bool:
+    return torch_dist.is_available() and torch_dist.is_initialized() and \
+        torch_dist.get_world_size() > 1
+
+
+def all_gather_rows(tensor: torch.Tensor, return_sizes: bool = False):
+    """Concatenate the rows of ``tensor`` from every rank (rank order).
+
+    Ranks may hold different numbers of rows (a smaller last batch); they are
+    padded for the collective and trimmed after. No gradient flows through
+    the result.
+
+    Returns:
+        Tensor | tuple: The rows, and with ``return_sizes`` the list of the
+        row counts of every rank.
+    """
+    if not _is_dist():
+        out = tensor.detach()
+        return (out, [tensor.shape[0]]) if return_sizes else out
+    world = torch_dist.get_world_size()
+    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    torch_dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(sizes), ) + tuple(tensor.shape[1:]))
+    padded[:tensor.shape[0]] = tensor.detach()
+    out = [torch.empty_like(padded) for _ in range(world)]
+    torch_dist.all_gather(out, padded)
+    out = torch.cat([o[:s] for o, s in zip(out, sizes)])
+    return (out, sizes) if return_sizes else out
+
+
+def last_occurrence(idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Unique values of ``idx`` and the position of each one's last copy.
+
+    A dataset index can appear twice in a (gathered) batch when a sampler
+    pads the epoch; scattering both would make the result depend on the
+    scatter order, so only the last copy is used, deterministically.
+    """
+    uniq, inverse = torch.unique(idx, return_inverse=True)
+    pos = torch.arange(idx.numel(), device=idx.device)
+    last = torch.full_like(uniq, -1).scatter_reduce(
+        0, inverse, pos, reduce='amax', include_self=True)
+    return uniq, last
+
+
+@MODELS.register_module()
+class HierarchicalMemoryBank(BaseModule):
+    """Unit-norm feature banks keyed by dataset index, per depth and tempo.
+
+    Bank ``(depth, tempo)`` is the buffer ``bank_{depth}_{tempo}`` of shape
+    N × ``feat_dim``. Rows start as random unit vectors and are updated after
+    each step with ``m_i ← normalise(β·m_i + (1 − β)·v_i)``.
+
+    Args:
+        depths (Sequence[str]): Depth names, e.g. ``('res3', 'res4',
+            'res5')``.
+        tempos (Sequence[str]): Tempo names. Defaults to ``('slow',
+            'fast')``.
+        feat_dim (int): Embedding size D. Defaults to 128.
+        num_samples (int, optional): Bank size N, the dataset length. None
+            leaves the banks empty until :meth:`resize` (the
+            ``MemoryBankHook`` sizes them from the training set) or until a
+            checkpoint is loaded. Defaults to None.
+        momentum (float): β of the update. Defaults to 0.5.
+        sharded (bool): Give each rank a slice of the rows instead of a full
+            copy. Defaults to False.
+        seed (int): Seed of the initial values and of the negative sampling.
+            Defaults to 0.
+        init_cfg (dict, optional): Unused; for the BaseModule interface.
+    """
+
+    def __init__(self,
+                 depths: Sequence[str] = ('res3', 'res4', 'res5'),
+                 tempos: Sequence[str] = ('slow', 'fast'),
+                 feat_dim: int = 128,
+                 num_samples: Optional[int] = None,
+                 momentum: float = 0.5,
+                 sharded: bool = False,
+                 seed: int = 0,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f'memory momentum must be in [0, 1), got '
+                             f'{momentum}')
+        self.depths = tuple(depths)
+        self.tempos = tuple(tempos)
+        self.feat_dim = feat_dim
+        self.momentum = momentum
+        self.sharded = sharded
+        self.seed = seed
+        self.num_samples = 0
+        # True once the size comes from the config or the training set; a
+        # checkpoint with another size is then refused instead of adopted
+        self.size_fixed = False
+        self.row_offset = 0  # first global row held here (sharded mode)
+        # steps taken; seeds the negatives, so it travels in checkpoints
+        self.register_buffer('num_updates', torch.zeros((), dtype=torch.long))
+        for key in self.bank_names():
+            # sharded slices differ per rank: they are saved whole by
+            # MemoryBankHook, never through the (rank-0) state dict
+            self.register_buffer(
+                key, torch.zeros(0, feat_dim), persistent=not sharded)
+        if num_samples is not None:
+            self.resize(num_samples, fixed=True)
+
+    # ------------------------------------------------------------- layout
+    @property
+    def keys(self) -> List[Tuple[str, str]]:
+        """``(depth, tempo)`` of every bank."""
+        return [(d, t) for d in self.depths for t in self.tempos]
+
+    def bank_names(self) -> List[str]:
+        return [f'bank_{d}_{t}' for d, t in self.keys]
+
+    def bank(self, depth: str, tempo: str) -> torch.Tensor:
+        return getattr(self, f'bank_{depth}_{tempo}')
+
+    @property
+    def is_sized(self) -> bool:
+        return self.num_samples > 0
+
+    def shard_range(self, num_samples: Optional[int] = None) -> Tuple[int, int]:
+        """Global rows ``[lo, hi)`` this rank holds."""
+        n = self.num_samples if num_samples is None else num_samples
+        if not self.sharded:
+            return 0, n
+        rank, world = get_dist_info()
+        rows = -(-n // world)
+        return min(rank * rows, n), min((rank + 1) * rows, n)
+
+    def resize(self, num_samples: int, fixed: bool = True) -> None:
+        """(Re)allocate every bank with N = ``num_samples`` random rows.
+
+        Args:
+            num_samples (int): Bank size N.
+            fixed (bool): Refuse later checkpoints of another size.
+        """
+        if num_samples < 1:
+            raise ValueError(f'memory bank size must be positive, got '
+                             f'{num_samples}')
+        self.num_samples = int(num_samples)
+        self.size_fixed = fixed
+        lo, hi = self.shard_range()
+        self.row_offset = lo
+        for i, name in enumerate(self.bank_names()):
+            old = getattr(self, name)
+            setattr(self, name,
+                    self.initial_rows(i, lo, hi).to(old.device, old.dtype))
+
+    def initial_rows(self, bank_id: int, lo: int, hi: int) -> torch.Tensor:
+        """Random unit rows ``[lo, hi)`` of bank ``bank_id``.
+
+        Each chunk of ``_INIT_CHUNK`` rows has its own seed, so any slice is
+        generated without materialising the whole bank.
+        """
+        out = torch.empty(hi - lo, self.feat_dim)
+        first, last = lo // _INIT_CHUNK, -(-hi // _INIT_CHUNK)
+        for c in range(first, last):
+            g = torch.Generator().manual_seed(
+                (self.seed * 1000003 + bank_id) * 1000003 + c)
+            chunk = F.normalize(
+                torch.randn(_INIT_CHUNK, self.feat_dim, generator=g), dim=1)
+            c_lo, c_hi = c * _INIT_CHUNK, (c + 1) * _INIT_CHUNK
+            s, e = max(lo, c_lo), min(hi, c_hi)
+            if s < e:
+                out[s - lo:e - lo] = chunk[s - c_lo:e - c_lo]
+        return out
+
+    def _check_sized(self) -> None:
+        if not self.is_sized:
+            raise RuntimeError(
+                'the memory banks have no size yet: set '
+                'model.head.memory.num_samples to the dataset length, or add '
+                "dict(type='MemoryBankHook') to custom_hooks so it is taken "
+                'from the training set')
+
+    # ------------------------------------------------------------ reading
+    def sample_negatives(self, shape: Iterable[int],
+                         device=None) -> torch.Tensor:
+        """Random dataset indices, identical on every rank for a step."""
+        self._check_sized()
+        g = torch.Generator().manual_seed(self.seed * 1000003 +
+                                          int(self.num_updates))
+        idx = torch.randint(self.num_samples, tuple(shape), generator=g)
+        return idx.to(device if device is not None else
+                      self.num_updates.device)
+
+    def fetch(self, index: torch.Tensor,
+              negatives: torch.Tensor) -> Dict[Tuple[str, str], tuple]:
+        """Rows of every bank for the local batch and the negatives.
+
+        Args:
+            index (Tensor): Dataset indices of the local batch, shape (B, ).
+            negatives (Tensor): Indices from :meth:`sample_negatives`, shape
+                (K, ) or (B, K); the same on every rank.
+
+        Returns:
+            dict: ``(depth, tempo)`` → (positives (B, D), negatives (K, D) or
+            (B, K, D)).
+        """
+        self._check_sized()
+        if not self.sharded or not _is_dist():
+            return {(d, t): (self.bank(d, t)[index - self.row_offset],
+                             self.bank(d, t)[negatives - self.row_offset])
+                    for d, t in self.keys}
+        # every rank needs rows others own: each fills what it holds and
+        # one all_reduce(SUM) assembles them (x + 0 is exact in float)
+        all_index, sizes = all_gather_rows(index, return_sizes=True)
+        wanted = torch.cat([all_index, negatives.reshape(-1)])
+        lo, hi = self.shard_range()
+        mine = (wanted >= lo) & (wanted < hi)
+        rows = torch.zeros(
+            wanted.numel(), len(self.keys), self.feat_dim,
+            device=self.num_updates.device)
+        local = wanted[mine] - lo
+        for i, (d, t) in enumerate(self.keys):
+            rows[mine, i] = self.bank(d, t)[local]
+        torch_dist.all_reduce(rows)
+        rank, _ = get_dist_info()
+        start = sum(sizes[:rank])
+        n_all = all_index.numel()
+        out = {}
+        for i, key in enumerate(self.keys):
+            pos = rows[start:start + index.numel(), i]
+            neg = rows[n_all:, i].reshape(tuple(negatives.shape) +
+                                          (self.feat_dim, ))
+            out[key] = (pos, neg)
+        return out
+
+    # ----------------------------------------------------------- updating
+    @torch.no_grad()
+    def update(self, index: torch.Tensor,
+               feats: Dict[Tuple[str, str], torch.Tensor]) -> None:
+        """Momentum-update the rows of the global batch, on every rank.
+
+        Args:
+            index (Tensor): Dataset indices of the local batch, (B, ).
+            feats (dict): ``(depth, tempo)`` → local embeddings (B, D).
+        """
+        self._check_sized()
+        stacked = torch.stack([feats[k].detach() for k in self.keys], dim=1)
+        index = all_gather_rows(index)
+        stacked = all_gather_rows(stacked)
+        uniq, last = last_occurrence(index)
+        stacked = stacked[last]
+        lo, hi = self.shard_range()
+        if self.sharded:
+            mine = (uniq >= lo) & (uniq < hi)
+            uniq, stacked = uniq[mine], stacked[mine]
+        rows = uniq - lo
+        beta = self.momentum
+        for i, (d, t) in enumerate(self.keys):
+            bank = self.bank(d, t)
+            mixed = beta * bank[rows] + (1 - beta) * stacked[:, i].to(
+                bank.dtype)
+            bank[rows] = F.normalize(mixed, dim=1)
+        self.num_updates += 1
+
+    # -------------------------------------------------------- checkpoints
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata,
+                              strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A bank of a different size: adopt it when the size was left to be
+        # found (an evaluation tool loading a checkpoint), refuse it when the
+        # config or the training set fixed another one.
+        name = prefix + self.bank_names()[0]
+        if not self.sharded and name in state_dict:
+            n = state_dict[name].shape[0]
+            if n != self.num_samples:
+                if self.size_fixed:
+                    raise ValueError(
+                        f'checkpoint memory bank {name} has {n} rows but '
+                        f'this run expects {self.num_samples} (the '
+                        'training set length or '
+                        'model.head.memory.num_samples): the checkpoint '
+                        'comes from another dataset')
+                self.resize(n, fixed=False)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata,
+                                      strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        return (f'depths={self.depths}, tempos={self.tempos}, '
+                f'num_samples={self.num_samples}, feat_dim={self.feat_dim}, '
+                f'momentum={self.momentum}, sharded={self.sharded}')

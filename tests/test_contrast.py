@@ -1,0 +1,185 @@
+"""Hierarchical contrastive head and memory bank against explicit references."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmvthcl.models import HierarchicalContrastiveHead, HierarchicalMemoryBank
+from mmvthcl.models.memories.hierarchical_memory_bank import last_occurrence
+
+DEPTHS = ('res3', 'res4', 'res5')
+
+
+def make_head(n=50, k=7, per_sample=False, weights=(1.0, 0.5, 2.0), t=0.2,
+              momentum=0.5):
+    torch.manual_seed(0)
+    return HierarchicalContrastiveHead(
+        in_channels=(8, 16, 32), depths=DEPTHS, loss_weights=weights,
+        feat_dim=6, temperature=t, num_negatives=k,
+        per_sample_negatives=per_sample,
+        memory=dict(type='HierarchicalMemoryBank', num_samples=n,
+                    momentum=momentum))
+
+
+def unit(*shape):
+    return F.normalize(torch.randn(*shape), dim=-1)
+
+
+def reference_nce(q, pos, negs, t):
+    """-log softmax of the positive, one query at a time, in float64."""
+    q, pos, negs = q.double(), pos.double(), negs.double()
+    total = 0.0
+    for i in range(q.shape[0]):
+        neg_i = negs if negs.dim() == 2 else negs[i]
+        scores = [float(q[i] @ pos[i]) / t] + [
+            float(q[i] @ neg_i[j]) / t for j in range(neg_i.shape[0])
+        ]
+        m = max(scores)
+        log_z = m + math.log(sum(math.exp(s - m) for s in scores))
+        total += log_z - scores[0]
+    return total / q.shape[0]
+
+
+@pytest.mark.parametrize('per_sample', [False, True])
+def test_loss_equals_explicit_reference(per_sample):
+    head = make_head(per_sample=per_sample)
+    mem = head.memory
+    banks = {key: mem.bank(*key).clone() for key in mem.keys}
+    index = torch.tensor([3, 17, 42, 8])
+    slow = {d: unit(4, 6) for d in DEPTHS}
+    fast = {d: unit(4, 6) for d in DEPTHS}
+    # the negatives the head will draw this step (seeded by the step count)
+    shape = (4, 7) if per_sample else (7, )
+    negs = mem.sample_negatives(shape)
+    losses = head.loss(slow, fast, index)
+    for d, w in zip(DEPTHS, (1.0, 0.5, 2.0)):
+        ref = 0.0
+        for q, other in ((slow[d], 'fast'), (fast[d], 'slow')):
+            bank = banks[(d, other)]
+            ref += reference_nce(q, bank[index], bank[negs], 0.2)
+        assert losses[f'loss_{d}'].item() == pytest.approx(w * ref, rel=1e-5)
+        assert 0.0 <= losses[f'acc_{d}'].item() <= 1.0
+
+
+def test_gradients_reach_the_queries_only():
+    head = make_head()
+    slow = {d: unit(4, 6).requires_grad_() for d in DEPTHS}
+    fast = {d: unit(4, 6).requires_grad_() for d in DEPTHS}
+    losses = head.loss(slow, fast, torch.tensor([0, 1, 2, 3]))
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    assert all(slow[d].grad is not None and fast[d].grad is not None
+               for d in DEPTHS)
+    assert not any(b.requires_grad for b in head.memory.buffers())
+
+
+def test_bank_update_equals_the_formula():
+    head = make_head(momentum=0.3)
+    mem = head.memory
+    before = {key: mem.bank(*key).clone() for key in mem.keys}
+    index = torch.tensor([5, 9, 30])
+    slow = {d: unit(3, 6) for d in DEPTHS}
+    fast = {d: unit(3, 6) for d in DEPTHS}
+    head.loss(slow, fast, index)
+    for (d, t), old in before.items():
+        new = mem.bank(d, t)
+        v = (slow if t == 'slow' else fast)[d]
+        for row, i in enumerate(index.tolist()):
+            mixed = [0.3 * float(a) + 0.7 * float(b)
+                     for a, b in zip(old[i], v[row])]
+            norm = math.sqrt(sum(x * x for x in mixed))
+            expected = torch.tensor([x / norm for x in mixed])
+            assert torch.allclose(new[i], expected, atol=1e-6)
+        untouched = [i for i in range(50) if i not in index.tolist()]
+        assert torch.equal(new[untouched], old[untouched])
+    assert int(mem.num_updates) == 1
+
+
+def test_duplicate_indices_keep_the_last_copy():
+    idx = torch.tensor([4, 2, 4, 7, 2])
+    uniq, last = last_occurrence(idx)
+    assert uniq.tolist() == [2, 4, 7] and last.tolist() == [4, 2, 3]
+    mem = HierarchicalMemoryBank(depths=('res5', ), num_samples=10,
+                                 feat_dim=4, momentum=0.0)
+    feats = unit(3, 4)
+    mem.update(torch.tensor([1, 1, 2]), {('res5', 'slow'): feats,
+                                         ('res5', 'fast'): feats})
+    assert torch.allclose(mem.bank('res5', 'slow')[1], feats[1])
+
+
+def test_banks_start_as_random_unit_vectors_reproducibly():
+    a = HierarchicalMemoryBank(num_samples=9000, feat_dim=16)
+    b = HierarchicalMemoryBank(num_samples=9000, feat_dim=16)
+    for key in a.keys:
+        bank = a.bank(*key)
+        assert bank.shape == (9000, 16)
+        assert torch.allclose(bank.norm(dim=1), torch.ones(9000), atol=1e-5)
+        assert torch.equal(bank, b.bank(*key))
+    # every bank differs, and any row slice can be generated on its own
+    assert not torch.equal(a.bank('res3', 'slow'), a.bank('res3', 'fast'))
+    assert torch.equal(a.initial_rows(2, 4000, 8500),
+                       a.bank(*a.keys[2])[4000:8500])
+
+
+def test_negatives_depend_on_the_step_only():
+    a = HierarchicalMemoryBank(num_samples=100, seed=3)
+    b = HierarchicalMemoryBank(num_samples=100, seed=3)
+    n1 = a.sample_negatives((16, ))
+    assert torch.equal(n1, b.sample_negatives((16, )))
+    a.num_updates += 1
+    assert not torch.equal(n1, a.sample_negatives((16, )))
+    assert a.sample_negatives((2, 5)).shape == (2, 5)
+
+
+def test_zero_features_give_finite_loss():
+    head = make_head()
+    zeros = {d: torch.zeros(2, 6) for d in DEPTHS}
+    losses = head.loss(zeros, zeros, torch.tensor([0, 1]))
+    assert all(torch.isfinite(v) for v in losses.values())
+    for key in head.memory.keys:
+        assert torch.isfinite(head.memory.bank(*key)).all()
+
+
+def test_nan_loss_names_the_depth():
+    head = make_head()
+    slow = {d: unit(2, 6) for d in DEPTHS}
+    slow['res4'] = torch.full((2, 6), float('nan'))
+    with pytest.raises(FloatingPointError, match='loss_res4'):
+        head.loss(slow, {d: unit(2, 6) for d in DEPTHS}, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_negatives=60), 'num_negatives=60 is larger than the memory'),
+    (dict(loss_weights=(1.0, 1.0)), 'loss_weights has 2 entries'),
+    (dict(temperature=0.0), 'temperature must be > 0'),
+    (dict(memory=dict(type='HierarchicalMemoryBank', num_samples=50,
+                      feat_dim=9)), 'memory.feat_dim=9 conflicts'),
+    (dict(per_sample_negatives=True,
+          memory=dict(type='HierarchicalMemoryBank', sharded=True)),
+     'not supported with a sharded memory'),
+])
+def test_bad_head_configs_fail_at_build_time(kwargs, match):
+    cfg = dict(in_channels=(8, 16, 32), feat_dim=6, num_negatives=7,
+               memory=dict(type='HierarchicalMemoryBank', num_samples=50))
+    cfg.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        HierarchicalContrastiveHead(**cfg)
+
+
+def test_unsized_memory_says_how_to_size_it():
+    mem = HierarchicalMemoryBank()
+    with pytest.raises(RuntimeError, match='MemoryBankHook'):
+        mem.sample_negatives((4, ))
+
+
+def test_checkpoint_size_adopted_unless_fixed():
+    trained = HierarchicalMemoryBank(num_samples=12, feat_dim=4, seed=1)
+    state = trained.state_dict()
+    fresh = HierarchicalMemoryBank(feat_dim=4)  # size left open: adopt
+    fresh.load_state_dict(state)
+    assert fresh.num_samples == 12
+    assert torch.equal(fresh.bank('res4', 'fast'), trained.bank('res4',
+                                                                'fast'))
+    fixed = HierarchicalMemoryBank(num_samples=30, feat_dim=4)
+    with pytest.raises(ValueError, match='has 12 rows but this run expects'):
+        fixed.load_state_dict(state)

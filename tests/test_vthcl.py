@@ -1,0 +1,153 @@
+"""The VTHCL model: wiring, modes, options and build-time validation."""
+import pytest
+import torch
+
+from mmaction.registry import MODELS
+from mmaction.structures import ActionDataSample
+
+
+def vthcl_cfg(**overrides):
+    cfg = dict(
+        type='VTHCL',
+        backbone=dict(type='VTHCLResNet3d', depth=18, base_channels=8),
+        head=dict(
+            type='HierarchicalContrastiveHead',
+            num_negatives=5,
+            memory=dict(type='HierarchicalMemoryBank', num_samples=20)))
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def batch(b=2, t=4, size=32, idx=(3, 11), labels=None):
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for i, j in enumerate(idx):
+        ds = ActionDataSample(sample_idx=j)
+        if labels is not None:
+            ds.set_gt_label(labels[i])
+        samples.append(ds)
+    return dict(
+        inputs=dict(
+            imgs=[torch.randint(0, 255, (1, 3, t, size, size), generator=g,
+                                dtype=torch.uint8) for _ in range(b)],
+            imgs_fast=[torch.randint(0, 255, (1, 3, 2 * t, size, size),
+                                     generator=g, dtype=torch.uint8)
+                       for _ in range(b)]),
+        data_samples=samples)
+
+
+def build(**overrides):
+    torch.manual_seed(0)
+    model = MODELS.build(vthcl_cfg(**overrides))
+    model.init_weights()
+    return model
+
+
+def test_loss_mode_gives_per_depth_losses_and_updates_banks():
+    model = build()
+    data = model.data_preprocessor(batch(), True)
+    mem = model.head.memory
+    before = {k: mem.bank(*k).clone() for k in mem.keys}
+    losses = model(**data, mode='loss')
+    assert {k for k in losses if k.startswith('loss')} == {
+        'loss_res3', 'loss_res4', 'loss_res5'}
+    assert all(torch.isfinite(v) for v in losses.values())
+    for key, old in before.items():
+        changed = (old != mem.bank(*key)).any(dim=1).nonzero().flatten()
+        assert changed.tolist() == [3, 11]
+
+
+def test_train_step_runs_and_optimises():
+    from mmengine.optim import OptimWrapper
+    model = build()
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+    w = model.backbone.conv1.conv.weight.clone()
+    log_vars = model.train_step(batch(), optim)
+    assert {'loss', 'loss_res3', 'loss_res4', 'loss_res5',
+            'acc_res5'} <= set(log_vars)
+    assert not torch.equal(w, model.backbone.conv1.conv.weight)
+
+
+def test_labels_are_never_used():
+    a, b = build(), build()
+    la = a(**a.data_preprocessor(batch(labels=[0, 1]), True), mode='loss')
+    lb = b(**b.data_preprocessor(batch(labels=[7, 3]), True), mode='loss')
+    for k in la:
+        assert torch.equal(la[k], lb[k])
+
+
+def test_tensor_and_predict_modes_return_embeddings():
+    model = build().eval()
+    data = model.data_preprocessor(batch(), False)
+    with torch.no_grad():
+        out = model(**data, mode='tensor')
+        assert set(out) == {f'{d}_{t}' for d in ('res3', 'res4', 'res5')
+                            for t in ('slow', 'fast')}
+        assert all(v.shape == (2, 128) for v in out.values())
+        # a slow clip alone is enough (feature extraction, kNN)
+        slow_only = model({'imgs': data['inputs']['imgs']}, mode='tensor')
+        assert set(slow_only) == {'res3_slow', 'res4_slow', 'res5_slow'}
+        assert torch.allclose(slow_only['res5_slow'], out['res5_slow'])
+        preds = model(**data, mode='predict')
+        assert torch.allclose(preds[1].res4_fast, out['res4_fast'][1])
+
+
+def test_separate_or_shared_encoders():
+    sep = build()
+    keys = set(sep.state_dict())
+    assert any(k.startswith('fast_backbone.') for k in keys)
+    assert not torch.equal(sep.backbone.conv1.conv.weight,
+                           sep.fast_backbone.conv1.conv.weight)
+    shared = build(share_encoder=True)
+    assert shared.encoder('fast') is shared.backbone
+    assert not any(k.startswith('fast_backbone.') for k in shared.state_dict())
+    losses = shared(**shared.data_preprocessor(batch(), True), mode='loss')
+    assert torch.isfinite(losses['loss_res5'])
+
+
+def test_depth_subset_and_weights_follow_the_head():
+    model = build(head=dict(depths=('res5', ), loss_weights=(2.0, )))
+    assert model.backbone.out_indices == (3, )
+    assert set(model.head.projections) == {'res5_slow', 'res5_fast'}
+    losses = model(**model.data_preprocessor(batch(), True), mode='loss')
+    assert [k for k in losses if k.startswith('loss')] == ['loss_res5']
+
+
+def test_ddp_never_touches_the_banks():
+    model = build()
+    assert sorted(model._ddp_params_and_buffers_to_ignore) == sorted(
+        f'head.memory.bank_{d}_{t}' for d in ('res3', 'res4', 'res5')
+        for t in ('slow', 'fast'))
+    names = dict(model.named_buffers())
+    assert all(n in names for n in model._ddp_params_and_buffers_to_ignore)
+
+
+@pytest.mark.parametrize('overrides, error, match', [
+    (dict(head=dict(depths=('res3', 'res6'))), ValueError,
+     'unknown depth name'),
+    (dict(backbone=dict(type='VTHCLResNet3d', depth=18, out_indices=(3, ))),
+     ValueError, 'out_indices=\\(3,\\) disagrees with model.head.depths'),
+    (dict(share_encoder=True,
+          fast_backbone=dict(type='VTHCLResNet3d', depth=18)), ValueError,
+     'remove model.fast_backbone'),
+    (dict(fast_backbone=dict(type='VTHCLResNet3d', depth=50,
+                             base_channels=8)), ValueError,
+     'same channels per depth'),
+    (dict(head=dict(num_negatives=21)), ValueError,
+     'num_negatives=21 is larger than the memory bank'),
+])
+def test_bad_configs_fail_at_build_time(overrides, error, match):
+    with pytest.raises(error, match=match):
+        MODELS.build(vthcl_cfg(**overrides))
+
+
+def test_missing_dataset_index_is_explained():
+    model = build()
+    data = model.data_preprocessor(batch(), True)
+    data['data_samples'] = [ActionDataSample() for _ in range(2)]
+    with pytest.raises(KeyError, match="algorithm_keys=\\('sample_idx',\\)"):
+        model(**data, mode='loss')
