@@ -1,6 +1,6 @@
 # VTHCL pretraining of a SlowOnly-R50 (8x8) on Kinetics-400, 8 GPUs x 8 clips.
 #   tools/dist_train.sh configs/vthcl_r50_k400.py 8
-# Values the paper does not state are CMC/NPID practice (see README, "Defaults").
+# Values the paper does not give are CMC/NPID practice (README, "Defaults").
 _base_ = ['mmaction::_base_/default_runtime.py']
 
 custom_imports = dict(imports=['mmvthcl'], allow_failed_imports=False)

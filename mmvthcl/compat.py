@@ -1,11 +1,11 @@
 """Every workaround mmvthcl needs for its stack, in one place.
 
-The supported stack is MMAction2 1.2.x / MMEngine 0.10.x / MMCV 2.1 on a current
-PyTorch (>= 2.6) and setuptools. Each function below fixes one measured breakage
-(see ``docs`` in the shared notes), says what it fixes, and is covered by
-``tests/test_compat.py``. :func:`apply` runs the import-time fixes; it is called
-at the very top of ``mmvthcl/__init__.py`` so that it precedes any import of
-``mmaction.models``.
+The supported stack is MMAction2 1.2.x / MMEngine 0.10.x / MMCV 2.1 on a
+current PyTorch (>= 2.6), numpy 2 and setuptools. Each function below fixes
+one measured breakage, says what it fixes, and is covered by
+``tests/test_compat.py``. :func:`apply` runs the import-time fixes; it is
+called at the very top of ``mmvthcl/__init__.py`` so that it precedes any
+import of ``mmaction.models``.
 
 Nothing here fakes an mmcv module: the compiled ``mmcv.ops`` are required for
 AVA detection and are used as they are.
@@ -28,6 +28,7 @@ def apply() -> None:
     install_drn_shim_if_missing()
     patch_package_lookup_without_pkg_resources()
     patch_cpu_set_device()
+    patch_checkpoint_loader()
     patch_resume_loader()
     fix_color_jitter_hue_numpy2()
     _APPLIED = True
@@ -200,11 +201,12 @@ def adapt_config_for_device(cfg, launcher: str = 'none') -> None:
     import torch
     if launcher == 'none' or torch.cuda.is_available():
         return
-    env_cfg = cfg.setdefault('env_cfg', {})
-    dist_cfg = env_cfg.setdefault('dist_cfg', {})
-    dist_cfg['backend'] = 'gloo'
-    wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False)
+    # (Config.setdefault returns a detached dict for a missing key)
+    env_cfg = dict(cfg.get('env_cfg') or {})
+    env_cfg['dist_cfg'] = dict(env_cfg.get('dist_cfg') or {}, backend='gloo')
+    cfg.env_cfg = env_cfg
+    wrapper = dict(cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False))
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
 
@@ -300,6 +302,29 @@ def patch_resume_loader() -> bool:
     trusted_resume.__doc__ = resume.__doc__
     Runner.resume = trusted_resume
     return True
+
+
+def patch_checkpoint_loader() -> None:
+    """Read local checkpoints tensors-only in ``load_from`` and friends.
+
+    With torch >= 2.6, MMEngine's local loader (used by ``load_from``,
+    ``tools/test.py``, ``backbone.pretrained`` and ``init_cfg``) cannot read
+    the full checkpoints ``tools/train.py`` writes: their ``meta`` holds
+    Python objects. The replacement loads through :func:`load_tensors_only`,
+    which keeps every tensor and runs nothing from the file. Inside
+    ``Runner.resume`` the run's own checkpoint is still read whole (see
+    :func:`patch_resume_loader`).
+    """
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_from_local(filename, map_location):
+        filename = osp.expanduser(filename)
+        if not osp.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return load_tensors_only(filename, map_location)
+
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=load_from_local, force=True)
 
 
 class _Inert:

@@ -59,7 +59,7 @@ def test_drn_shim_not_installed_when_sources_exist(tmp_path, monkeypatch):
 
 
 def test_mmaction_base_configs_without_pkg_resources(tmp_path):
-    """setuptools >= 82 removed pkg_resources; `mmaction::` bases still load."""
+    """setuptools >= 82 removed pkg_resources; mmaction:: bases still load."""
     cfg = tmp_path / 'c.py'
     cfg.write_text("_base_ = ['mmaction::_base_/default_runtime.py']\n")
     blocker = tmp_path / 'blocker'
@@ -153,6 +153,20 @@ def test_load_tensors_only_reports_the_file(tmp_path):
         compat.load_tensors_only(str(bad))
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         compat.load_tensors_only(str(tmp_path / 'missing.pth'))
+
+
+def test_load_from_reads_full_checkpoints_tensors_only(tmp_path):
+    """load_from / tools/test.py of a full checkpoint on torch >= 2.6."""
+    from mmengine.runner.checkpoint import _load_checkpoint
+    marker = tmp_path / 'pwned'
+    ckpt = tmp_path / 'epoch_1.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)},
+                'meta': {'hub': _Boom(marker)}}, str(ckpt))
+    loaded = _load_checkpoint(str(ckpt), map_location='cpu')
+    assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
+    assert not marker.exists()
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        _load_checkpoint(str(tmp_path / 'nope.pth'))
 
 
 def test_resume_loader_trusts_only_the_resumed_file(tmp_path):

@@ -18,7 +18,7 @@ from mmvthcl.compat import adapt_config_for_device
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='directory for logs and checkpoints')
+    parser.add_argument('--work-dir', help='where logs and checkpoints go')
     parser.add_argument(
         '--resume',
         nargs='?',
@@ -85,14 +85,18 @@ def build_config(args) -> Config:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
     if args.auto_scale_lr:
-        cfg.setdefault('auto_scale_lr', {})['enable'] = True
-    randomness = cfg.setdefault('randomness', {})
+        cfg.auto_scale_lr = dict(cfg.get('auto_scale_lr') or {}, enable=True)
+    # (Config.setdefault returns a detached dict for a missing key, so
+    # build the dict and assign it)
+    randomness = dict(cfg.get('randomness') or {})
+    randomness.setdefault('seed', None)  # Runner requires the key
     if args.seed is not None:
         randomness['seed'] = args.seed
     if args.diff_rank_seed:
         randomness['diff_rank_seed'] = True
     if args.deterministic:
         randomness['deterministic'] = True
+    cfg.randomness = randomness
     adapt_config_for_device(cfg, args.launcher)
     return cfg
 
