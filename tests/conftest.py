@@ -70,12 +70,25 @@ def run_tool(*args, env=None, timeout=900, check=True):
     return proc
 
 
+DEFAULT_TRAIN_PIPELINE = """[
+    dict(type='DecordInit'),
+    dict(type='TempoPairSampleFrames', clip_len=8, frame_interval=8,
+         alpha=2),
+    dict(type='TempoPairDecode', clip_pipeline=clip_pipeline),
+    dict(type='PackActionInputs', collect_keys=('imgs', 'imgs_fast'),
+         algorithm_keys=('sample_idx', )),
+]"""
+
+
 def write_pretrain_config(path, ann_file, data_root=VIDEOS, max_iters=2,
-                          crop=112, extra=''):
+                          crop=112, batch_size=2,
+                          pipeline=DEFAULT_TRAIN_PIPELINE, extra=''):
     """A small derivative of the R18 pretraining config for CPU runs.
 
     Iteration-based, unshuffled (so the trained indices are known), logging
-    every iteration and checkpointing at the end.
+    every iteration and checkpointing at the end. ``pipeline`` is the text of
+    the training pipeline (it may use ``clip_pipeline``); ``extra`` is
+    appended config text.
     """
     text = f"""
 _base_ = [{R18_CONFIG!r}]
@@ -89,19 +102,12 @@ clip_pipeline = [
     dict(type='FormatShape', input_format='NCTHW'),
 ]
 train_dataloader = dict(
-    batch_size=2, num_workers=0, persistent_workers=False,
+    batch_size={batch_size}, num_workers=0, persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
         ann_file={str(ann_file)!r},
         data_prefix=dict(video={str(data_root)!r}),
-        pipeline=[
-            dict(type='DecordInit'),
-            dict(type='TempoPairSampleFrames', clip_len=8, frame_interval=8,
-                 alpha=2),
-            dict(type='TempoPairDecode', clip_pipeline=clip_pipeline),
-            dict(type='PackActionInputs', collect_keys=('imgs', 'imgs_fast'),
-                 algorithm_keys=('sample_idx', )),
-        ]))
+        pipeline={pipeline}))
 model = dict(head=dict(num_negatives=4))
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop',
                  max_iters={max_iters})

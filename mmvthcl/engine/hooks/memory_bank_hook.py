@@ -1,6 +1,6 @@
 """Runner-side duties of the VTHCL memory banks."""
 from mmengine.dist import all_reduce_params
-from mmengine.hooks import SyncBuffersHook
+from mmengine.hooks import CheckpointHook, SyncBuffersHook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import BaseLoop
 
@@ -16,6 +16,14 @@ def find_memory(model):
         raise TypeError(f'{type(model).__name__} has no head.memory: '
                         'MemoryBankHook works with VTHCL models')
     return head, memory
+
+
+def _state_dict_prefix(model, module) -> str:
+    model = model.module if is_model_wrapper(model) else model
+    for name, m in model.named_modules():
+        if m is module:
+            return name + '.'
+    raise KeyError('module not found in the model')
 
 
 @HOOKS.register_module()
@@ -35,9 +43,18 @@ class MemoryBankHook(SyncBuffersHook):
       identical on all ranks (or sharded, where averaging would mix slices),
       and all-reducing 6 × N × 128 floats would cost more than the epoch's
       last steps.
+    - With a sharded memory, it saves the banks whole in checkpoints (the
+      ranks' slices gathered; each rank takes its slice back on loading), so
+      checkpoints do not depend on the world size or the mode. MMEngine
+      saves on rank 0 only, so the slices are gathered, by every rank, just
+      before a ``CheckpointHook`` saves (this hook runs first).
     """
 
     priority = 'VERY_HIGH'
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._whole_banks = None  # rank 0: gathered for the next save
 
     def before_run(self, runner) -> None:
         if self.distributed:
@@ -74,6 +91,31 @@ class MemoryBankHook(SyncBuffersHook):
         all_reduce_params([b for b in model.buffers() if id(b) not in skip],
                           op='mean')
 
+    def _gather_if_saving(self, runner, by_epoch: bool) -> None:
+        _, memory = find_memory(runner.model)
+        if not (memory.sharded and self.distributed):
+            return
+        for hook in runner.hooks:
+            if not isinstance(hook, CheckpointHook) or \
+                    hook.by_epoch != by_epoch:
+                continue
+            # the conditions under which CheckpointHook saves next
+            if by_epoch:
+                saving = hook.every_n_epochs(
+                    runner, hook.interval, hook.save_begin) or (
+                        hook.save_last and hook.is_last_train_epoch(runner))
+            else:
+                saving = hook.every_n_train_iters(
+                    runner, hook.interval, hook.save_begin) or (
+                        hook.save_last and hook.is_last_train_iter(runner))
+            if saving:
+                self._whole_banks = memory.full_banks()
+                return
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None,
+                         outputs=None) -> None:
+        self._gather_if_saving(runner, by_epoch=False)
+
     def before_val_epoch(self, runner) -> None:
         if self.distributed:
             if not self.called_in_train:
@@ -84,4 +126,20 @@ class MemoryBankHook(SyncBuffersHook):
         if self.distributed:
             self._sync_buffers(runner)
             self.called_in_train = True
+        self._gather_if_saving(runner, by_epoch=True)
 
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        _, memory = find_memory(runner.model)
+        if not memory.sharded:
+            return  # replicated banks are ordinary buffers of the model
+        banks = memory.full_banks() if not self.distributed else \
+            self._whole_banks
+        if banks is None:
+            raise RuntimeError(
+                'sharded memory banks are gathered only for the regular '
+                'saves of CheckpointHook (interval / last); this checkpoint '
+                '(e.g. save_best) would lack them')
+        prefix = _state_dict_prefix(runner.model, memory)
+        for name, bank in banks.items():
+            checkpoint['state_dict'][prefix + name] = bank
+        self._whole_banks = None

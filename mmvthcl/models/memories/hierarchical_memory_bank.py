@@ -61,6 +61,25 @@ def all_gather_rows(tensor: torch.Tensor, return_sizes: bool = False):
     return (out, sizes) if return_sizes else out
 
 
+def gather_rows(tensor: torch.Tensor, dst: int = 0) -> List[torch.Tensor]:
+    """Send every rank's rows to rank ``dst``; it gets them as a list (rank
+    order), the others get an empty list."""
+    rank = torch_dist.get_rank()
+    world = torch_dist.get_world_size()
+    n = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    torch_dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = tensor.new_zeros((max(sizes), ) + tuple(tensor.shape[1:]))
+    padded[:tensor.shape[0]] = tensor.detach()
+    out = [torch.empty_like(padded) for _ in range(world)] \
+        if rank == dst else None
+    torch_dist.gather(padded, out, dst=dst)
+    if rank != dst:
+        return []
+    return [o[:s] for o, s in zip(out, sizes)]
+
+
 def last_occurrence(idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Unique values of ``idx`` and the position of each one's last copy.
 
@@ -151,7 +170,8 @@ class HierarchicalMemoryBank(BaseModule):
     def is_sized(self) -> bool:
         return self.num_samples > 0
 
-    def shard_range(self, num_samples: Optional[int] = None) -> Tuple[int, int]:
+    def shard_range(self,
+                    num_samples: Optional[int] = None) -> Tuple[int, int]:
         """Global rows ``[lo, hi)`` this rank holds."""
         n = self.num_samples if num_samples is None else num_samples
         if not self.sharded:
@@ -289,20 +309,67 @@ class HierarchicalMemoryBank(BaseModule):
         self.num_updates += 1
 
     # -------------------------------------------------------- checkpoints
+    def full_banks(self, chunk_rows: int = 65536) -> Dict[str, torch.Tensor]:
+        """Every bank with all N rows, on CPU, on rank 0 (collective).
+
+        In sharded mode every rank must call it; the slices are gathered to
+        rank 0 ``chunk_rows`` rows per rank at a time, so the extra device
+        memory stays W × ``chunk_rows`` rows however large N is, and only
+        rank 0 holds the result (other ranks get an empty dict). Used to save
+        sharded banks whole, so a checkpoint does not depend on the world
+        size or the mode.
+        """
+        if not self.sharded or not _is_dist():
+            return {n: getattr(self, n).cpu() for n in self.bank_names()}
+        rank, world = get_dist_info()
+        rows = -(-self.num_samples // world)
+        out = {}
+        for name in self.bank_names():
+            local = getattr(self, name)
+            full = torch.empty(rows * world, self.feat_dim) \
+                if rank == 0 else None
+            for c in range(0, rows, chunk_rows):
+                parts = gather_rows(local[c:c + chunk_rows], dst=0)
+                for r, part in enumerate(parts):
+                    full[r * rows + c:r * rows + c + len(part)] = part.cpu()
+            if rank == 0:
+                out[name] = full[:self.num_samples]
+        return out
+
+    def load_full_bank(self, name: str, full: torch.Tensor) -> None:
+        """Take this rank's rows of a whole bank (sharded mode)."""
+        if full.shape[0] != self.num_samples:
+            if self.size_fixed:
+                raise ValueError(
+                    f'checkpoint memory bank {name} has {full.shape[0]} '
+                    f'rows but this run expects {self.num_samples} (the '
+                    'training set length or '
+                    'model.head.memory.num_samples): the checkpoint comes '
+                    'from another dataset')
+            self.resize(full.shape[0], fixed=False)
+        lo, hi = self.shard_range()
+        bank = getattr(self, name)
+        bank.copy_(full[lo:hi].to(bank.device, bank.dtype))
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata,
                               strict, missing_keys, unexpected_keys,
                               error_msgs):
-        # A bank of a different size: adopt it when the size was left to be
-        # found (an evaluation tool loading a checkpoint), refuse it when the
-        # config or the training set fixed another one.
-        name = prefix + self.bank_names()[0]
-        if not self.sharded and name in state_dict:
-            n = state_dict[name].shape[0]
+        # Checkpoints hold whole banks. A bank of another size is adopted
+        # when the size was left open (an evaluation tool loading a
+        # checkpoint) and refused when the config or the training set fixed
+        # it; a sharded memory keeps only its rows.
+        names = [prefix + n for n in self.bank_names()]
+        if self.sharded:
+            for name in names:
+                if name in state_dict:
+                    self.load_full_bank(name[len(prefix):], state_dict[name])
+        elif names[0] in state_dict:
+            n = state_dict[names[0]].shape[0]
             if n != self.num_samples:
                 if self.size_fixed:
                     raise ValueError(
-                        f'checkpoint memory bank {name} has {n} rows but '
-                        f'this run expects {self.num_samples} (the '
+                        f'checkpoint memory bank {names[0]} has {n} rows '
+                        f'but this run expects {self.num_samples} (the '
                         'training set length or '
                         'model.head.memory.num_samples): the checkpoint '
                         'comes from another dataset')
@@ -310,6 +377,9 @@ class HierarchicalMemoryBank(BaseModule):
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if self.sharded:  # consumed above; not buffers of the state dict
+            unexpected_keys[:] = [k for k in unexpected_keys
+                                  if k not in names]
 
     def extra_repr(self) -> str:
         return (f'depths={self.depths}, tempos={self.tempos}, '
