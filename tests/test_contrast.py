@@ -1,4 +1,4 @@
-"""Hierarchical contrastive head and memory bank against explicit references."""
+"""Hierarchical contrastive head and memory bank vs explicit references."""
 import math
 
 import pytest
@@ -183,3 +183,46 @@ def test_checkpoint_size_adopted_unless_fixed():
     fixed = HierarchicalMemoryBank(num_samples=30, feat_dim=4)
     with pytest.raises(ValueError, match='has 12 rows but this run expects'):
         fixed.load_state_dict(state)
+
+
+def test_mean_pairwise_cosine_equals_explicit_loop():
+    from mmvthcl.models.heads.hierarchical_contrastive_head import \
+        mean_pairwise_cosine
+    emb = unit(5, 6)
+    pairs = [float(emb[i] @ emb[j]) for i in range(5) for j in range(5)
+             if i != j]
+    assert float(mean_pairwise_cosine(emb)) == pytest.approx(
+        sum(pairs) / len(pairs), abs=1e-6)
+    same = F.normalize(torch.ones(4, 6), dim=1)
+    assert float(mean_pairwise_cosine(same)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('out_norm', [None, dict(type='BN1d', affine=False)])
+def test_dense_projection_matches_the_pooled_one_per_location(out_norm):
+    from mmvthcl.models.heads.hierarchical_contrastive_head import Projection
+    torch.manual_seed(0)
+    phi = Projection(8, 8, 6, out_norm_cfg=out_norm)
+    phi.train()
+    for _ in range(3):  # move the running statistics away from 0 / 1
+        phi(torch.randn(16, 8, 2, 3, 3) * 3 + 1)
+    phi.eval()
+    x = torch.randn(2, 8, 2, 3, 3)
+    dense = phi.dense(x)
+    assert dense.shape == (2, 6, 2, 3, 3)
+    # a location alone, as a 1x1x1 map, gives the same unit vector
+    one = phi(x[:, :, 1:2, 2:3, 0:1])
+    assert torch.allclose(dense[:, :, 1, 2, 0], one, atol=1e-6)
+    if out_norm is not None:
+        assert phi.out_bn.weight is None  # centring only, no affine
+
+
+def test_centred_embeddings_keep_the_batch_spread():
+    head = HierarchicalContrastiveHead(
+        in_channels=(8, 16, 32), feat_dim=6, num_negatives=7,
+        out_norm_cfg=dict(type='BN1d', affine=False),
+        memory=dict(type='HierarchicalMemoryBank', num_samples=50))
+    feats = [torch.rand(8, c, 1, 2, 2) + 5 for c in (8, 16, 32)]  # biased
+    emb = head.project(feats, 'slow')
+    losses = head.loss(emb, head.project(feats, 'fast'), torch.arange(8))
+    for d in DEPTHS:
+        assert abs(float(losses[f'cos_{d}'])) < 0.3

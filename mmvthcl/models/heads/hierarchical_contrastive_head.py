@@ -12,54 +12,74 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
 from mmengine.model import BaseModule
 
 from mmaction.registry import MODELS
 
 
+def _eval_norm(norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """A BN layer applied with its running statistics to (..., C)."""
+    return F.batch_norm(
+        h.reshape(-1, h.shape[-1]), norm.running_mean, norm.running_var,
+        norm.weight, norm.bias, training=False,
+        eps=norm.eps).reshape(h.shape)
+
+
 class Projection(nn.Module):
-    """φ: global average pool → Linear → BN → ReLU → Linear → L2-normalise.
+    """φ: global average pool → Linear → norm → ReLU → Linear → L2-normalise.
 
     Args:
         in_channels (int): Channels C of the feature map.
         hidden_channels (int): Width of the hidden layer.
         out_channels (int): Embedding size D.
+        norm_cfg (dict, optional): Norm of the hidden layer; ``BN1d`` by
+            default, ``SyncBN`` to use the statistics of the global batch,
+            None for no norm. Defaults to ``dict(type='BN1d')``.
+        out_norm_cfg (dict, optional): Norm of the output before the L2
+            normalisation, e.g. ``dict(type='BN1d', affine=False)``, which
+            centres the embeddings (see :class:`HierarchicalContrastiveHead`).
+            Defaults to None.
     """
 
-    def __init__(self, in_channels: int, hidden_channels: int,
-                 out_channels: int) -> None:
+    def __init__(self,
+                 in_channels: int,
+                 hidden_channels: int,
+                 out_channels: int,
+                 norm_cfg: Optional[dict] = dict(type='BN1d'),
+                 out_norm_cfg: Optional[dict] = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_channels, hidden_channels)
-        self.bn = nn.BatchNorm1d(hidden_channels)
+        self.bn = build_norm_layer(norm_cfg, hidden_channels)[1] \
+            if norm_cfg else None
         self.fc2 = nn.Linear(hidden_channels, out_channels)
+        self.out_bn = build_norm_layer(out_norm_cfg, out_channels)[1] \
+            if out_norm_cfg else None
+
+    def _mlp(self, x: torch.Tensor, dense: bool = False) -> torch.Tensor:
+        h = self.fc1(x)
+        if self.bn is not None:
+            h = _eval_norm(self.bn, h) if dense else self.bn(h)
+        h = self.fc2(F.relu(h))
+        if self.out_bn is not None:
+            h = _eval_norm(self.out_bn, h) if dense else self.out_bn(h)
+        return F.normalize(h, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embed a (B, C, T, H, W) feature map as (B, D) unit vectors."""
-        x = x.mean(dim=(2, 3, 4))
-        x = self.fc2(F.relu(self.bn(self.fc1(x))))
-        return F.normalize(x, dim=1)
+        return self._mlp(x.mean(dim=(2, 3, 4)))
 
     def dense(self, x: torch.Tensor) -> torch.Tensor:
         """Apply φ at every location of a (B, C, T, H, W) map.
 
-        The MLP acts as 1×1×1 convolutions with the same weights and BN uses
-        its running statistics (eval mode), so locations do not interact.
+        The MLP acts as 1×1×1 convolutions with the same weights and the
+        norms use their running statistics (eval mode), so locations do not
+        interact.
 
         Returns:
             Tensor: (B, D, T, H, W) unit vectors.
         """
-        h = self.fc1(x.movedim(1, -1))
-        shape = h.shape
-        h = F.batch_norm(
-            h.reshape(-1, shape[-1]),
-            self.bn.running_mean,
-            self.bn.running_var,
-            self.bn.weight,
-            self.bn.bias,
-            training=False,
-            eps=self.bn.eps).reshape(shape)
-        h = self.fc2(F.relu(h))
-        return F.normalize(h, dim=-1).movedim(-1, 1)
+        return self._mlp(x.movedim(1, -1), dense=True).movedim(-1, 1)
 
 
 def info_nce(query: torch.Tensor, positive: torch.Tensor,
@@ -89,9 +109,30 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor,
     return loss, acc
 
 
+@torch.no_grad()
+def mean_pairwise_cosine(emb: torch.Tensor) -> torch.Tensor:
+    """Mean cosine between different rows of (B, D) unit vectors."""
+    b = emb.shape[0]
+    if b < 2:
+        return emb.new_zeros(())
+    total = emb.sum(dim=0)
+    # sum over i != j of e_i·e_j = |Σ e|² − Σ |e_i|²
+    return (total @ total - (emb * emb).sum()) / (b * (b - 1))
+
+
 @MODELS.register_module()
 class HierarchicalContrastiveHead(BaseModule):
     """Per-depth, per-tempo projections and the symmetric InfoNCE losses.
+
+    Each query only meets the *other* tempo's bank. A component shared by all
+    embeddings of one tempo is then pushed, identically for every sample,
+    away from the other tempo's mean, and can grow until both tempos
+    collapse to two opposite points (the loss then sits at about
+    2·ln(K + 1) per depth). Large datasets fill the banks slowly and escape
+    it (as CMC does); on small ones ``out_norm_cfg=dict(type='BN1d',
+    affine=False)`` centres the embeddings and prevents it. ``cos_{depth}``
+    in the log, the mean cosine between the slow embeddings of a batch,
+    shows it: near 1 means collapse.
 
     Args:
         in_channels (Sequence[int]): Channels of each depth's feature map;
@@ -103,6 +144,12 @@ class HierarchicalContrastiveHead(BaseModule):
         feat_dim (int): Embedding size D. Defaults to 128.
         hidden_channels (Sequence[int], optional): Hidden width of φ per
             depth. Defaults to ``in_channels``.
+        norm_cfg (dict, optional): Norm inside φ (``BN1d``; ``SyncBN`` for
+            global-batch statistics across GPUs; None for none).
+            Defaults to ``dict(type='BN1d')``.
+        out_norm_cfg (dict, optional): Norm of φ's output before the L2
+            normalisation; ``dict(type='BN1d', affine=False)`` centres the
+            embeddings. Defaults to None (the projection of the design).
         temperature (float): Softmax temperature T. Defaults to 0.07.
         num_negatives (int): K, negatives per query. Defaults to 16384.
         per_sample_negatives (bool): Draw K negatives for every query (the
@@ -121,6 +168,8 @@ class HierarchicalContrastiveHead(BaseModule):
                  loss_weights: Optional[Sequence[float]] = None,
                  feat_dim: int = 128,
                  hidden_channels: Optional[Sequence[int]] = None,
+                 norm_cfg: Optional[dict] = dict(type='BN1d'),
+                 out_norm_cfg: Optional[dict] = None,
                  temperature: float = 0.07,
                  num_negatives: int = 16384,
                  per_sample_negatives: bool = False,
@@ -151,7 +200,7 @@ class HierarchicalContrastiveHead(BaseModule):
         self.num_negatives = num_negatives
         self.per_sample_negatives = per_sample_negatives
         self.projections = nn.ModuleDict({
-            f'{d}_{t}': Projection(c, h, feat_dim)
+            f'{d}_{t}': Projection(c, h, feat_dim, norm_cfg, out_norm_cfg)
             for d, c, h in zip(self.depths, in_channels, hidden_channels)
             for t in self.tempos
         })
@@ -173,7 +222,7 @@ class HierarchicalContrastiveHead(BaseModule):
         self.check_bank_size()
 
     def check_bank_size(self) -> None:
-        """K must not exceed the bank (raised at build time when N is known)."""
+        """K must not exceed the bank (checked at build time if N is known)."""
         n = self.memory.num_samples
         if self.memory.is_sized and self.num_negatives > n:
             raise ValueError(
@@ -209,7 +258,9 @@ class HierarchicalContrastiveHead(BaseModule):
 
         Returns:
             dict: ``loss_{depth}`` for every depth (summed by the optimiser
-            step) and ``acc_{depth}`` (logged only).
+            step); logged only: ``acc_{depth}`` (positive ranked first) and
+            ``cos_{depth}`` (mean cosine between different slow embeddings
+            of the batch; near 1 means collapse).
         """
         batch = index.shape[0]
         shape = (batch, self.num_negatives) if self.per_sample_negatives \
@@ -231,6 +282,7 @@ class HierarchicalContrastiveHead(BaseModule):
                     'learning rate or check the input clips')
             losses[f'loss_{d}'] = loss
             losses[f'acc_{d}'] = (a_sf + a_fs) / 2
+            losses[f'cos_{d}'] = mean_pairwise_cosine(slow[d])
         self.memory.update(index, {
             **{(d, 'slow'): v
                for d, v in slow.items()},
