@@ -1,9 +1,10 @@
 from .algorithms import VTHCL
 from .backbones import VTHCLResNet3d
+from .export import encoder_state_dict, export_encoder
 from .heads import HierarchicalContrastiveHead
 from .memories import HierarchicalMemoryBank
 
 __all__ = [
     'VTHCL', 'VTHCLResNet3d', 'HierarchicalContrastiveHead',
-    'HierarchicalMemoryBank'
+    'HierarchicalMemoryBank', 'encoder_state_dict', 'export_encoder'
 ]

@@ -1,0 +1,7 @@
+# The R50 config with a VTHCL-pretrained SlowOnly-R18 (8x8) encoder:
+#   python tools/export_backbone.py work_dirs/vthcl_r18_k400/epoch_100.pth \
+#       work_dirs/vthcl_r18_k400/vthcl_r18_k400_backbone.pth
+_base_ = ['./slowonly_vthcl-k400-pre-r50_8xb8-8x8x1-100e_ucf101-split3-rgb.py']
+
+load_from = 'work_dirs/vthcl_r18_k400/vthcl_r18_k400_backbone.pth'
+model = dict(backbone=dict(depth=18), cls_head=dict(in_channels=512))
