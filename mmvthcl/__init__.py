@@ -11,5 +11,7 @@ compat.apply()
 
 from .datasets import *  # noqa: E402,F401,F403
 from .engine import *  # noqa: E402,F401,F403
+from .evaluation import *  # noqa: E402,F401,F403
 from .models import *  # noqa: E402,F401,F403
 from .version import __version__  # noqa: E402,F401
+from .visualization import *  # noqa: E402,F401,F403

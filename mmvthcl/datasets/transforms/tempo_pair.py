@@ -77,8 +77,9 @@ class TempoPairSampleFrames(BaseTransform):
                 f'frame_interval={frame_interval} so the fast frames fall on '
                 'whole frame indices')
         if out_of_bound_opt not in ('loop', 'repeat_last'):
-            raise ValueError('TempoPairSampleFrames: out_of_bound_opt must be '
-                             f"'loop' or 'repeat_last', got {out_of_bound_opt!r}")
+            raise ValueError(
+                'TempoPairSampleFrames: out_of_bound_opt must be '
+                f"'loop' or 'repeat_last', got {out_of_bound_opt!r}")
         self.clip_len = clip_len
         self.frame_interval = frame_interval
         self.alpha = alpha

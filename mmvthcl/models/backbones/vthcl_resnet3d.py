@@ -1,4 +1,4 @@
-"""The VTHCL encoder: a stock SlowOnly 3D ResNet that exposes res3/res4/res5."""
+"""The VTHCL encoder: a stock SlowOnly 3D ResNet exposing res3/res4/res5."""
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch

@@ -1,0 +1,98 @@
+"""Small helpers shared by the evaluation, visualisation and hook code."""
+import contextlib
+import random
+from typing import Iterator, List
+
+import numpy as np
+import torch
+
+#: ``TempoPairSampleFrames`` arguments that define a model's tempos
+SAMPLER_KEYS = ('clip_len', 'frame_interval', 'alpha', 'same_num_frames',
+                'out_of_bound_opt')
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block without consuming the Python, numpy and torch RNGs.
+
+    Evaluating or drawing during training must not change what the data
+    pipeline or the model draw next.
+    """
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put every submodule in eval mode, then restore each one's own flag.
+
+    Restoring flag by flag (instead of ``model.train()``) leaves modules that
+    training keeps in eval mode on purpose (frozen BN, ``norm_eval``) exactly
+    as they were.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def is_transform(transform: dict, name: str) -> bool:
+    """Whether a transform config has type ``name`` (scoped or a class)."""
+    kind = transform.get('type')
+    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', '')
+    return kind.split('.')[-1] == name
+
+
+def train_pipeline(cfg) -> List[dict]:
+    """The training pipeline of a config, through dataset wrappers."""
+    if cfg is None:
+        return []
+    dataset = (cfg.get('train_dataloader') or {}).get('dataset') or {}
+    while 'pipeline' not in dataset and isinstance(dataset.get('dataset'),
+                                                   dict):
+        dataset = dataset['dataset']  # RepeatDataset and the like
+    return list(dataset.get('pipeline') or [])
+
+
+def tempo_sampling(cfg) -> dict:
+    """The ``TempoPairSampleFrames`` arguments of a training config.
+
+    Only the keys that define the tempos (:data:`SAMPLER_KEYS`); empty when
+    the config has no such transform (the defaults then apply).
+    """
+    for t in train_pipeline(cfg):
+        if is_transform(t, 'TempoPairSampleFrames'):
+            return {k: t[k] for k in SAMPLER_KEYS if k in t}
+    return {}
+
+
+def train_crop_size(cfg, default: int = 224) -> int:
+    """The square input size a config trains at.
+
+    The last fixed-size ``Resize`` (or ``CenterCrop``) of the
+    ``TempoPairDecode`` clip pipeline; ``default`` when there is none.
+    """
+    size = default
+    for t in train_pipeline(cfg):
+        if not is_transform(t, 'TempoPairDecode'):
+            continue
+        for s in t.get('clip_pipeline') or []:
+            value = s.get('scale') if is_transform(s, 'Resize') else \
+                s.get('crop_size') if is_transform(s, 'CenterCrop') else None
+            if isinstance(value, int) and value > 0:
+                size = value
+            elif isinstance(value, (tuple, list)) and min(value) > 0:
+                size = int(min(value))
+    return size

@@ -1,0 +1,163 @@
+"""Draw the Instance Correspondence Map (ICM) of a VTHCL model for a video.
+
+    python tools/visualize_icm.py CONFIG CHECKPOINT VIDEO --out icm.png \\
+        [--depth res5] [--size 224]
+
+A PNG (or JPEG) grid: slow and fast frames lined up in time, each with its
+ICM overlaid; ``--out`` ending in ``.gif`` writes an animation instead.
+CHECKPOINT ``none`` draws a randomly initialised model of the config (a
+baseline with no learned correspondence; the image says so).
+"""
+import argparse
+import logging
+import os.path as osp
+
+import mmvthcl  # noqa: F401  (registers mmvthcl types, applies compat fixes)
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+
+from mmaction.registry import MODELS
+from mmvthcl.compat import load_tensors_only
+from mmvthcl.visualization import (compute_icm, load_icm_clips,
+                                   render_icm_animation, render_icm_grid,
+                                   save_gif, save_image)
+from mmvthcl.visualization.icm import check_depths
+
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='VTHCL config the model comes from')
+    parser.add_argument(
+        'checkpoint',
+        help='VTHCL checkpoint, or "none" for random initialisation')
+    parser.add_argument('video', help='video file')
+    parser.add_argument(
+        '--out',
+        required=True,
+        help='output file: .png/.jpg for a grid, .gif for an animation')
+    parser.add_argument(
+        '--depth',
+        default='res5',
+        help='depth of the map (res3, res4, res5) or "all" (default: res5)')
+    parser.add_argument(
+        '--size',
+        type=int,
+        default=None,
+        help='square frame size fed to the model (default: the crop size of '
+        "the config's training pipeline)")
+    parser.add_argument('--tile',
+                        type=int,
+                        default=None,
+                        help='tile side in pixels (default 112, GIF 192)')
+    parser.add_argument('--fps',
+                        type=float,
+                        default=4.0,
+                        help='GIF frames per second')
+    parser.add_argument('--no-frames',
+                        action='store_true',
+                        help='grid without the rows of plain frames')
+    parser.add_argument('--device',
+                        default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--seed',
+                        type=int,
+                        default=0,
+                        help='seed of the random initialisation')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args(argv)
+
+
+def load_vthcl_checkpoint(model, path: str) -> None:
+    """Load a VTHCL checkpoint tensors-only; refuse anything else.
+
+    The memory banks are not needed for an ICM and their size depends on
+    the training set, so they are not loaded; every other weight must match.
+    """
+    try:
+        ckpt = load_tensors_only(path)
+    except FileNotFoundError:
+        raise SystemExit(f'{path}: checkpoint not found')
+    except RuntimeError as e:  # the message names the file
+        raise SystemExit(f'not a VTHCL checkpoint: {e}')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(
+            any(k.startswith(p) for k in state)
+            for p in ('backbone.', 'head.projections.')):
+        raise SystemExit(f'{path}: not a VTHCL checkpoint (no backbone.* '
+                         'and head.projections.* weights)')
+    state = {
+        k: v
+        for k, v in state.items() if not k.startswith('head.memory.')
+    }
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f'{path}: does not match the config: {e}')
+    missing = [k for k in missing if not k.startswith('head.memory.')]
+    if missing or unexpected:
+        raise SystemExit(f'{path}: does not match the config (missing '
+                         f'{missing[:5]}, unexpected {unexpected[:5]})')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    ext = osp.splitext(args.out)[1].lower()
+    if ext not in IMAGE_EXTS + ('.gif', ):
+        raise SystemExit(f'{args.out}: --out must end in .png, .jpg or '
+                         '.gif')
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmaction'))
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
+
+    torch.manual_seed(args.seed)
+    model = MODELS.build(cfg.model)
+    random_weights = args.checkpoint.lower() == 'none'
+    if random_weights:
+        model.init_weights()
+        weights = 'RANDOM WEIGHTS (no checkpoint)'
+        print('WARNING: no checkpoint: drawing a randomly initialised model;'
+              ' its ICM shows no learned correspondence')
+    else:
+        load_vthcl_checkpoint(model, args.checkpoint)
+        weights = osp.basename(args.checkpoint)
+    model.to(args.device)
+    try:
+        depths = check_depths(model, args.depth)
+    except ValueError as e:
+        raise SystemExit(f'--depth: {e}')
+
+    try:
+        clips = load_icm_clips(args.video, cfg, args.size)
+    except RuntimeError as e:
+        raise SystemExit(str(e))
+    result = compute_icm(model, clips, depths)
+
+    title = (f'ICM {"+".join(depths)} | {osp.basename(args.video)} | '
+             f'{weights}')
+    if ext == '.gif':
+        frames = render_icm_animation(result,
+                                      depths,
+                                      tile=args.tile or 192,
+                                      title=title)
+        save_gif(args.out, frames, fps=args.fps)
+        print(f'wrote {args.out} ({len(frames)} frames, '
+              f'{frames[0].shape[1]}x{frames[0].shape[0]})')
+    else:
+        grid = render_icm_grid(result,
+                               depths,
+                               tile=args.tile or 112,
+                               title=title,
+                               show_frames=not args.no_frames)
+        save_image(args.out, grid)
+        print(f'wrote {args.out} ({grid.shape[1]}x{grid.shape[0]})')
+    print(f'slow frames {clips.slow_inds.tolist()}, '
+          f'fast frames {clips.fast_inds.tolist()} of {clips.total_frames}')
+
+
+if __name__ == '__main__':
+    main()
