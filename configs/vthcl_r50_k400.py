@@ -27,7 +27,9 @@ model = dict(
             sharded=False)))
 
 # ----------------------------------------------------------------- data
-dataset_type = 'VideoDataset'
+# VideoDataset that names bad files (and annotation lines) in its errors and
+# seeds each sample's augmentation from (seed, epoch, index) for exact resume
+dataset_type = 'RobustVideoDataset'
 data_root = 'data/kinetics400/videos_train'
 ann_file_train = 'data/kinetics400/kinetics400_train_list_videos.txt'
 crop_size = 224
@@ -61,11 +63,15 @@ train_dataloader = dict(
     batch_size=8,
     num_workers=8,
     persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    # DefaultSampler's order; skips the trained part of an epoch on resume
+    sampler=dict(type='ResumableSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
         ann_file=ann_file_train,
         data_prefix=dict(video=data_root),
+        # True: replace a bad video by another instance (reported by
+        # BadVideoHook) instead of stopping with an error naming it
+        skip_bad_videos=False,
         pipeline=train_pipeline))
 
 # -------------------------------------------------------------- schedule
@@ -96,5 +102,10 @@ default_hooks = dict(
     checkpoint=dict(
         type='CheckpointHook', interval=5, max_keep_ckpts=3, save_best=None),
     # sizes the banks from the dataset and syncs every buffer but the banks
-    sync_buffers=dict(type='MemoryBankHook'))
+    sync_buffers=dict(type='MemoryBankHook'),
+    # --resume continues exactly: position in the epoch, seeds
+    exact_resume=dict(type='ExactResumeHook'),
+    # with skip_bad_videos=True: logs, counts per epoch, stops the run when
+    # more than max_bad_fraction of the videos read are bad
+    bad_videos=dict(type='BadVideoHook', max_bad_fraction=0.01))
 randomness = dict(seed=0)

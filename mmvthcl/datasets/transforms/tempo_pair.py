@@ -15,6 +15,7 @@ from mmcv.transforms import BaseTransform
 from mmengine.dataset import Compose
 
 from mmaction.registry import TRANSFORMS
+from ..video_checks import BadVideoError
 
 
 @TRANSFORMS.register_module()
@@ -120,8 +121,9 @@ class TempoPairSampleFrames(BaseTransform):
     def transform(self, results: Dict) -> Dict:
         total = int(results['total_frames'])
         if total < 1:
-            raise ValueError(
-                f"{results.get('filename', 'video')}: has no frames")
+            name = results.get('filename', 'video')
+            raise BadVideoError(
+                f'{name}: has no frames', path=name, reason='has no frames')
         slow, fast = self.clip_indices(self.window_start(total))
         start_index = results.get('start_index', 0)
         results['frame_inds'] = (self._bound(slow, total) +
@@ -245,8 +247,18 @@ class TempoPairDecode(BaseTransform):
         if reader is None:
             raise KeyError('TempoPairDecode needs results["video_reader"]: '
                            'put DecordInit before it in the pipeline')
-        slow, fast, n_decoded = self.decode(reader, results['frame_inds'],
-                                            results['fast_frame_inds'])
+        try:
+            slow, fast, n_decoded = self.decode(reader, results['frame_inds'],
+                                                results['fast_frame_inds'])
+        except Exception as e:
+            # the file's fault (a corrupt stream), not the pipeline's
+            name = results.get('filename', 'video')
+            reason = (f'decoding {len(results["frame_inds"])} + '
+                      f'{len(results["fast_frame_inds"])} frames failed: '
+                      f'{type(e).__name__}: {str(e).splitlines()[0][:200]}'
+                      if str(e) else f'decoding failed: {type(e).__name__}')
+            raise BadVideoError(
+                f'{name}: {reason}', path=name, reason=reason) from e
         results['video_reader'] = None  # release the file early
         results['decoded_frames'] = n_decoded
 
