@@ -5,6 +5,7 @@ encoders, no norm in φ, deterministic clips), so a 2-process run and a
 1-process run over the same global batches must give the same banks.
 """
 import os
+import socket
 
 import pytest
 import torch
@@ -35,7 +36,12 @@ DETERMINISTIC_PIPELINE = """[
          algorithm_keys=('sample_idx', )),
 ]"""
 
-_PORT = [29650]
+
+def free_port() -> int:
+    # a fixed port can still be taken (another run, TIME_WAIT): ask the OS
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def train(tmp_path, video_list, name, nproc, batch, *cfg_options):
@@ -43,12 +49,11 @@ def train(tmp_path, video_list, name, nproc, batch, *cfg_options):
                                 max_iters=3, batch_size=batch,
                                 pipeline=DETERMINISTIC_PIPELINE, extra=EXTRA)
     work = tmp_path / name
-    _PORT[0] += 1
     args = ['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), cfg,
             str(nproc), '--work-dir', str(work)]
     if cfg_options:
         args += ['--cfg-options', *cfg_options]
-    run_tool(*args, env=dict(PORT=str(_PORT[0]), OMP_NUM_THREADS='1'))
+    run_tool(*args, env=dict(PORT=str(free_port()), OMP_NUM_THREADS='1'))
     ranks = [torch.load(work / f'rank{r}.pth') for r in range(nproc)]
     return work, ranks
 

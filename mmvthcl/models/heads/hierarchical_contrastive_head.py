@@ -82,6 +82,61 @@ class Projection(nn.Module):
         return self._mlp(x.movedim(1, -1), dense=True).movedim(-1, 1)
 
 
+def _logits(query: torch.Tensor, positive: torch.Tensor,
+            negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, 1 + K) scores, the positive first, divided by T."""
+    l_pos = (query * positive).sum(dim=1, keepdim=True)
+    if negatives.dim() == 2:
+        l_neg = query @ negatives.t()
+    else:
+        l_neg = torch.bmm(negatives, query.unsqueeze(2)).squeeze(2)
+    return torch.cat([l_pos, l_neg], dim=1) / temperature
+
+
+class _FusedInfoNCE(torch.autograd.Function):
+    """InfoNCE whose gradient is computed in the forward pass.
+
+    The positives and negatives come from the memory bank and need no
+    gradient, so the only gradient is the query's,
+    ``(softmax(logits) − onehot) / (B·T) @ [positive; negatives]``. Computing
+    it while the K (or B·K) negative rows are at hand and saving only that
+    (B, D) result lets the rows be freed as soon as the loss is known,
+    instead of autograd keeping every bank's rows until the backward pass.
+    The loss value is the one of ``F.cross_entropy`` on the same logits.
+    """
+
+    @staticmethod
+    def forward(ctx, query, positive, negatives, temperature):
+        logits = _logits(query, positive, negatives, temperature)
+        target = logits.new_zeros(logits.shape[0], dtype=torch.long)
+        loss = F.cross_entropy(logits, target)
+        acc = (logits.argmax(dim=1) == 0).float().mean()
+        ctx.mark_non_differentiable(acc)
+        if not ctx.needs_input_grad[0]:
+            ctx.save_for_backward(None)
+            return loss, acc
+        # d loss / d logits, then through the division by T and the scores
+        g = logits.float().softmax(dim=1)
+        g[:, 0] -= 1
+        g /= logits.shape[0] * temperature
+        g = g.to(query.dtype)
+        g_neg = g[:, 1:]
+        if negatives.dim() == 2:
+            grad = g_neg @ negatives.to(query.dtype)
+        else:
+            grad = torch.bmm(g_neg.unsqueeze(1),
+                             negatives.to(query.dtype)).squeeze(1)
+        grad += g[:, :1] * positive.to(query.dtype)
+        ctx.save_for_backward(grad)
+        return loss, acc
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, grad_acc):
+        grad, = ctx.saved_tensors
+        return grad * grad_loss.to(grad.dtype), None, None, None
+
+
 def info_nce(query: torch.Tensor, positive: torch.Tensor,
              negatives: torch.Tensor, temperature: float) -> tuple:
     """InfoNCE of unit queries against one positive and K negatives each.
@@ -96,12 +151,10 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor,
         tuple: The mean loss and the fraction of queries whose positive
         scores above every negative.
     """
-    l_pos = (query * positive).sum(dim=1, keepdim=True)
-    if negatives.dim() == 2:
-        l_neg = query @ negatives.t()
-    else:
-        l_neg = torch.bmm(negatives, query.unsqueeze(2)).squeeze(2)
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    if not (positive.requires_grad or negatives.requires_grad):
+        # bank rows: the fused form, which does not keep them for backward
+        return _FusedInfoNCE.apply(query, positive, negatives, temperature)
+    logits = _logits(query, positive, negatives, temperature)
     target = logits.new_zeros(logits.shape[0], dtype=torch.long)
     loss = F.cross_entropy(logits, target)
     with torch.no_grad():
@@ -266,13 +319,24 @@ class HierarchicalContrastiveHead(BaseModule):
         shape = (batch, self.num_negatives) if self.per_sample_negatives \
             else (self.num_negatives, )
         negatives = self.memory.sample_negatives(shape, device=index.device)
-        rows = self.memory.fetch(index, negatives)
+        # A replicated memory is read one bank at a time, right before its
+        # loss, so at most one bank's K (or B·K) rows exist at once (the
+        # fused loss keeps none of them); a sharded one assembles all banks
+        # in a single collective.
+        one_by_one = not self.memory.sharded
+        rows = {} if one_by_one else self.memory.fetch(index, negatives)
+
+        def bank_rows(key):
+            if one_by_one:
+                return self.memory.fetch(index, negatives, keys=[key])[key]
+            return rows.pop(key)
+
         losses = {}
         for d, w in zip(self.depths, self.loss_weights):
             # slow queries the fast bank; fast queries the slow bank
-            l_sf, a_sf = info_nce(slow[d], *rows[(d, 'fast')],
+            l_sf, a_sf = info_nce(slow[d], *bank_rows((d, 'fast')),
                                   self.temperature)
-            l_fs, a_fs = info_nce(fast[d], *rows[(d, 'slow')],
+            l_fs, a_fs = info_nce(fast[d], *bank_rows((d, 'slow')),
                                   self.temperature)
             loss = w * (l_sf + l_fs)
             if not torch.isfinite(loss):

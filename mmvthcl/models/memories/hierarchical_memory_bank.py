@@ -237,24 +237,40 @@ class HierarchicalMemoryBank(BaseModule):
         return idx.to(device if device is not None else
                       self.num_updates.device)
 
-    def fetch(self, index: torch.Tensor,
-              negatives: torch.Tensor) -> Dict[Tuple[str, str], tuple]:
-        """Rows of every bank for the local batch and the negatives.
+    def fetch(self,
+              index: torch.Tensor,
+              negatives: torch.Tensor,
+              keys: Optional[Sequence[Tuple[str, str]]] = None
+              ) -> Dict[Tuple[str, str], tuple]:
+        """Rows of the banks for the local batch and the negatives.
 
         Args:
             index (Tensor): Dataset indices of the local batch, shape (B, ).
             negatives (Tensor): Indices from :meth:`sample_negatives`, shape
                 (K, ) or (B, K); the same on every rank.
+            keys (Sequence[tuple], optional): The ``(depth, tempo)`` banks to
+                read. Defaults to all of them. Reading one bank at a time
+                keeps only that bank's K (or B·K) rows alive.
 
         Returns:
             dict: ``(depth, tempo)`` → (positives (B, D), negatives (K, D) or
             (B, K, D)).
         """
         self._check_sized()
+        keys = self.keys if keys is None else [tuple(k) for k in keys]
         if not self.sharded or not _is_dist():
-            return {(d, t): (self.bank(d, t)[index - self.row_offset],
-                             self.bank(d, t)[negatives - self.row_offset])
-                    for d, t in self.keys}
+            # index_select of a flat index: a plain row copy, several times
+            # faster on CPU than advanced indexing (``bank[idx]``), same rows
+            pos_idx = index - self.row_offset
+            neg_idx = negatives.reshape(-1) - self.row_offset
+            out = {}
+            for d, t in keys:
+                bank = self.bank(d, t)
+                out[(d, t)] = (bank.index_select(0, pos_idx),
+                               bank.index_select(0, neg_idx).view(
+                                   tuple(negatives.shape) +
+                                   (self.feat_dim, )))
+            return out
         # every rank needs rows others own: each fills what it holds and
         # one all_reduce(SUM) assembles them (x + 0 is exact in float)
         all_index, sizes = all_gather_rows(index, return_sizes=True)
@@ -262,17 +278,17 @@ class HierarchicalMemoryBank(BaseModule):
         lo, hi = self.shard_range()
         mine = (wanted >= lo) & (wanted < hi)
         rows = torch.zeros(
-            wanted.numel(), len(self.keys), self.feat_dim,
+            wanted.numel(), len(keys), self.feat_dim,
             device=self.num_updates.device)
         local = wanted[mine] - lo
-        for i, (d, t) in enumerate(self.keys):
-            rows[mine, i] = self.bank(d, t)[local]
+        for i, (d, t) in enumerate(keys):
+            rows[mine, i] = self.bank(d, t).index_select(0, local)
         torch_dist.all_reduce(rows)
         rank, _ = get_dist_info()
         start = sum(sizes[:rank])
         n_all = all_index.numel()
         out = {}
-        for i, key in enumerate(self.keys):
+        for i, key in enumerate(keys):
             pos = rows[start:start + index.numel(), i]
             neg = rows[n_all:, i].reshape(tuple(negatives.shape) +
                                           (self.feat_dim, ))
@@ -303,9 +319,9 @@ class HierarchicalMemoryBank(BaseModule):
         beta = self.momentum
         for i, (d, t) in enumerate(self.keys):
             bank = self.bank(d, t)
-            mixed = beta * bank[rows] + (1 - beta) * stacked[:, i].to(
-                bank.dtype)
-            bank[rows] = F.normalize(mixed, dim=1)
+            mixed = beta * bank.index_select(0, rows) + (
+                1 - beta) * stacked[:, i].to(bank.dtype)
+            bank.index_copy_(0, rows, F.normalize(mixed, dim=1))
         self.num_updates += 1
 
     # -------------------------------------------------------- checkpoints

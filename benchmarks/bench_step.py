@@ -1,0 +1,184 @@
+"""Training step: VTHCL vs stock supervised steps on the same two clips.
+
+- ``vthcl``: one ``VTHCL.train_step`` (data preprocessor for both clips,
+  slow and fast encoders, hierarchical head, bank update, SGD step), the
+  model of ``--config`` with the banks sized to ``--num-samples``.
+- ``stock x2``: one ``Recognizer3D.train_step`` on the slow clip plus one on
+  the fast clip, each with its own model built from MMAction2's
+  ``_base_/models/slowonly_r50.py`` (``ResNet3dSlowOnly`` + ``I3DHead``,
+  depth changed, no pretrained weights) and the same SGD settings.
+
+The ratio is the price of VTHCL's extras (projections, contrast, banks);
+target ≤ 1.15. Both run on the same fixed batch (uint8 clips, as the data
+loader hands them over; loading is measured by bench_data.py), interleaved.
+
+    python benchmarks/bench_step.py                  # R18, batch 8, 112²
+    python benchmarks/bench_step.py --quick          # ~20 s smoke run
+    python benchmarks/bench_step.py --device cuda --depth 50
+"""
+import copy
+import os.path as osp
+
+import torch
+
+from _common import (ROOT, base_parser, dump_json, interleaved, load, median,
+                     print_header, print_table, ratio, setup, verdict)
+
+STEP_TARGET = 1.15
+
+
+def parse_args(argv=None):
+    parser = base_parser(__doc__.split('\n')[0])
+    parser.add_argument('--depth', type=int, default=18, choices=(18, 50))
+    parser.add_argument('--config', default=None,
+                        help='VTHCL config (default: configs/vthcl_r{depth}'
+                        '_k400.py)')
+    parser.add_argument('--batch', type=int, default=None,
+                        help='clips per batch (default 8, quick 2)')
+    parser.add_argument('--crop', type=int, default=None,
+                        help='clip side (default 112, quick 64)')
+    parser.add_argument('--clip-len', type=int, default=8)
+    parser.add_argument('--alpha', type=int, default=2)
+    parser.add_argument('--num-negatives', type=int, default=None,
+                        help='K (default: the config\'s)')
+    parser.add_argument('--num-samples', type=int, default=None,
+                        help='bank size N (default 240000, quick 20000)')
+    parser.add_argument('--per-sample-negatives', action='store_true')
+    parser.add_argument('--reps', type=int, default=None,
+                        help='timed repetitions (default 5, quick 2)')
+    args = parser.parse_args(argv)
+    args.config = args.config or osp.join(ROOT, 'configs',
+                                          f'vthcl_r{args.depth}_k400.py')
+    args.batch = args.batch or (2 if args.quick else 8)
+    args.crop = args.crop or (64 if args.quick else 112)
+    args.num_samples = args.num_samples or (20000 if args.quick else 240000)
+    args.reps = args.reps or (2 if args.quick else 5)
+    return args
+
+
+def vthcl_model_cfg(args):
+    from mmengine.config import Config
+    cfg = copy.deepcopy(Config.fromfile(args.config).model.to_dict())
+    cfg['backbone']['depth'] = args.depth
+    head = cfg['head']
+    head['memory']['num_samples'] = args.num_samples
+    if args.num_negatives:
+        head['num_negatives'] = args.num_negatives
+    head['per_sample_negatives'] = args.per_sample_negatives
+    return cfg
+
+
+def stock_model_cfg(depth: int):
+    """MMAction2's SlowOnly recognizer, offline and at ``depth``."""
+    import mmaction
+    from mmengine.config import Config
+    path = osp.join(
+        osp.dirname(mmaction.__file__), '.mim', 'configs', '_base_',
+        'models', 'slowonly_r50.py')
+    cfg = copy.deepcopy(Config.fromfile(path).model.to_dict())
+    cfg['backbone'].update(depth=depth, pretrained=None, pretrained2d=False)
+    cfg['cls_head']['in_channels'] = 512 * (4 if depth >= 50 else 1)
+    return cfg
+
+
+def optim_wrapper(model, batch: int):
+    from mmengine.optim import OptimWrapper
+    # the VTHCL configs' SGD: lr 0.03 × batch / 256, momentum 0.9, wd 1e-4
+    return OptimWrapper(
+        torch.optim.SGD(model.parameters(), lr=0.03 * batch / 256,
+                        momentum=0.9, weight_decay=1e-4))
+
+
+def clips(batch, t, crop, g):
+    return [
+        torch.randint(0, 256, (1, 3, t, crop, crop), generator=g,
+                      dtype=torch.uint8) for _ in range(batch)
+    ]
+
+
+def build_models(args, device):
+    from mmaction.registry import MODELS
+    torch.manual_seed(args.seed)
+    models = dict(
+        vthcl=MODELS.build(vthcl_model_cfg(args)),
+        slow=MODELS.build(stock_model_cfg(args.depth)),
+        fast=MODELS.build(stock_model_cfg(args.depth)))
+    for m in models.values():
+        m.init_weights()
+        m.to(device)
+        m.train()
+    return models
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    setup(args.device, args.threads)
+    from mmaction.structures import ActionDataSample
+    dev = args.device
+    info = print_header(
+        'bench_step: a VTHCL training step vs two stock Recognizer3D steps',
+        dev, f'R{args.depth}, batch {args.batch}, slow {args.clip_len}x'
+        f'{args.crop}², fast {args.clip_len * args.alpha}x{args.crop}², '
+        f'N={args.num_samples}; {args.reps} interleaved repetitions; '
+        f'VTHCL model from {osp.relpath(args.config, ROOT)}')
+
+    models = build_models(args, dev)
+    k = models['vthcl'].head.num_negatives
+    print(f'K={k}, per_sample_negatives={args.per_sample_negatives}')
+    optims = {name: optim_wrapper(m, args.batch) for name, m in models.items()}
+    g = torch.Generator().manual_seed(args.seed)
+    slow = clips(args.batch, args.clip_len, args.crop, g)
+    fast = clips(args.batch, args.clip_len * args.alpha, args.crop, g)
+    labels = torch.randint(400, (args.batch, ), generator=g)
+    step = {'r': 0}
+
+    def vthcl_batch():
+        # distinct dataset indices per step, as an epoch's sampler gives
+        g_idx = torch.Generator().manual_seed(args.seed + step['r'])
+        idx = torch.randperm(args.num_samples, generator=g_idx)[:args.batch]
+        return dict(
+            inputs=dict(imgs=list(slow), imgs_fast=list(fast)),
+            data_samples=[ActionDataSample(sample_idx=int(i)) for i in idx])
+
+    def stock_batch(imgs):
+        samples = []
+        for label in labels:
+            ds = ActionDataSample()
+            ds.set_gt_label(int(label))
+            samples.append(ds)
+        return dict(inputs=list(imgs), data_samples=samples)
+
+    def vthcl():
+        models['vthcl'].train_step(vthcl_batch(), optims['vthcl'])
+
+    def stock():
+        models['slow'].train_step(stock_batch(slow), optims['slow'])
+        models['fast'].train_step(stock_batch(fast), optims['fast'])
+
+    def before(r):
+        step['r'] = r
+
+    t = interleaved(dict(vthcl=vthcl, stock=stock), args.reps, device=dev,
+                    warmup=1, seed=args.seed, before=before)
+    r = ratio(t['vthcl'], t['stock'])
+    print()
+    print_table(['training step', 'ms (median)', 'min ms', 'x stock'], [
+        ['stock Recognizer3D slow + fast', median(t['stock']) * 1e3,
+         min(t['stock']) * 1e3, 1.0],
+        ['VTHCL', median(t['vthcl']) * 1e3, min(t['vthcl']) * 1e3, r],
+    ])
+    print()
+    print(f'VTHCL / stock x2: {r:.3f}  target '
+          f'{verdict(r, STEP_TARGET, False)}')
+    if dev.startswith('cuda'):
+        print(f'max GPU memory allocated: '
+              f'{torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB '
+              '(both kinds of model together)')
+    info['load_after'] = load()
+    print(f"load before/after: {info['load_before']} / {info['load_after']}")
+    dump_json(args.json, dict(machine=info, times=t, ratio=r,
+                              args=vars(args)))
+
+
+if __name__ == '__main__':
+    main()
