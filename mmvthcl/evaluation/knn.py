@@ -1,9 +1,14 @@
 """Weighted k-nearest-neighbour evaluation of frozen features (NPID style).
 
 Labels are used here only: the pretrained slow encoder embeds a labelled train
-list and a labelled val list (pooled res5 features, L2-normalised); each val
-clip takes the labels of its k most similar train clips, weighted by
-exp(cosine / T), and the top-1 accuracy is reported.
+list and a labelled val list (pooled res5 features); each val clip takes the
+labels of its k most similar train clips, weighted by exp(cosine / T), and the
+top-1 accuracy is reported.
+
+Pooled post-ReLU features are all non-negative, so raw cosines are dominated
+by what every clip shares. By default both sets are centred on the train
+set's mean before the L2 normalisation (SimpleShot's "CL2N"; it uses no
+labels), which applies to a random and a pretrained encoder alike.
 """
 import copy
 from typing import Dict, List, Optional, Tuple
@@ -64,15 +69,16 @@ def build_loader(ann_file: str, data_root: str, pipeline: List[dict],
 @torch.no_grad()
 def extract_features(model, loader, depth: str = 'res5',
                      tempo: str = 'slow') -> Tuple[torch.Tensor, torch.Tensor]:
-    """Pooled, L2-normalised encoder features and labels of a loader.
+    """Pooled encoder features and labels of a loader.
 
-    The model is put in eval mode (BN statistics and memory banks are left
-    untouched) and every module's mode is restored afterwards. In a
+    Views of a clip are averaged. The model is put in eval mode (BN
+    statistics and memory banks are left untouched) and every module's mode
+    is restored afterwards. In a
     distributed run every rank embeds its share and all ranks receive all
     features.
 
     Returns:
-        tuple: features (N, C) and labels (N, ).
+        tuple: features (N, C), not normalised, and labels (N, ).
     """
     model = model.module if is_model_wrapper(model) else model
     if depth not in model.depths:
@@ -87,7 +93,7 @@ def extract_features(model, loader, depth: str = 'res5',
             imgs = data['inputs']['imgs']  # (B, V, C, T, H, W)
             b, v = imgs.shape[:2]
             x = model.extract_feat(imgs, tempo)[pos].mean(dim=(2, 3, 4))
-            feats.append(F.normalize(x.view(b, v, -1).mean(1), dim=1))
+            feats.append(x.view(b, v, -1).mean(1))
             labels.append(
                 torch.stack([ds.gt_label.flatten()[0]
                              for ds in data['data_samples']]).to(device))
@@ -121,7 +127,7 @@ def knn_top1(train_feats: torch.Tensor,
         sims = val_feats[s:s + chunk] @ train_feats.t()
         top_sim, top_idx = sims.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
-        votes = torch.zeros(sims.shape[0], num_classes, dtype=weights.dtype)
+        votes = weights.new_zeros(sims.shape[0], num_classes)
         votes.scatter_add_(1, train_labels[top_idx], weights)
         correct += int((votes.argmax(1) == val_labels[s:s + chunk]).sum())
     return 100.0 * correct / val_feats.shape[0]
@@ -137,9 +143,11 @@ def evaluate_knn(model,
                  depth: str = 'res5',
                  batch_size: int = 16,
                  num_workers: int = 0,
-                 loaders: Optional[Dict[str, DataLoader]] = None) -> float:
+                 loaders: Optional[Dict[str, DataLoader]] = None,
+                 center: bool = True) -> float:
     """kNN top-1 (%) of ``model``'s slow encoder on a val list vs a train
-    list; ``loaders`` may cache the two loaders between calls."""
+    list; ``loaders`` may cache the two loaders between calls; ``center``
+    subtracts the train features' mean before normalising."""
     if loaders is None:
         loaders = {}
     for split, ann in (('train', train_ann), ('val', val_ann)):
@@ -147,6 +155,11 @@ def evaluate_knn(model,
             loaders[split] = build_loader(ann, data_root, pipeline,
                                           batch_size, num_workers)
     with preserved_rng():
-        train = extract_features(model, loaders['train'], depth)
-        val = extract_features(model, loaders['val'], depth)
-    return knn_top1(*train, *val, k=k, temperature=temperature)
+        train_f, train_y = extract_features(model, loaders['train'], depth)
+        val_f, val_y = extract_features(model, loaders['val'], depth)
+    if center:
+        mean = train_f.mean(dim=0, keepdim=True)
+        train_f, val_f = train_f - mean, val_f - mean
+    return knn_top1(F.normalize(train_f, dim=1), train_y,
+                    F.normalize(val_f, dim=1), val_y, k=k,
+                    temperature=temperature)

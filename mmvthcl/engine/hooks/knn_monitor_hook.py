@@ -31,6 +31,8 @@ class KNNMonitorHook(Hook):
         depth (str): Which depth's features. Defaults to ``'res5'``.
         batch_size (int): Clips per forward pass. Defaults to 16.
         num_workers (int): Data loading workers. Defaults to 0.
+        center (bool): Centre features on the train set's mean before the
+            cosine (see :mod:`mmvthcl.evaluation.knn`). Defaults to True.
     """
 
     priority = 'LOW'
@@ -45,7 +47,8 @@ class KNNMonitorHook(Hook):
                  temperature: float = 0.07,
                  depth: str = 'res5',
                  batch_size: int = 16,
-                 num_workers: int = 0) -> None:
+                 num_workers: int = 0,
+                 center: bool = True) -> None:
         self.train_ann = train_ann
         self.val_ann = val_ann
         self.data_root = data_root
@@ -56,6 +59,7 @@ class KNNMonitorHook(Hook):
         self.depth = depth
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.center = center
         self._loaders = {}  # built on first use, reused afterwards
         self.history = []  # (epoch, top1) of every evaluation
 
@@ -68,7 +72,8 @@ class KNNMonitorHook(Hook):
             runner.model, self.train_ann, self.val_ann, self.data_root,
             pipeline, k=self.k, temperature=self.temperature,
             depth=self.depth, batch_size=self.batch_size,
-            num_workers=self.num_workers, loaders=self._loaders)
+            num_workers=self.num_workers, loaders=self._loaders,
+            center=self.center)
         self.history.append((runner.epoch + 1, top1))
         runner.message_hub.update_scalar('knn/top1', top1)
         runner.visualizer.add_scalars({'knn/top1': top1}, step=runner.iter)

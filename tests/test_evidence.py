@@ -1,0 +1,170 @@
+"""Generated tempo dataset, kNN evaluation and its monitor hook."""
+import hashlib
+import os.path as osp
+
+import decord
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmvthcl.evaluation import knn_top1
+
+from .conftest import ROOT, run_tool
+
+SYNTH = osp.join(ROOT, 'tools', 'data', 'make_synthetic.py')
+
+
+def reference_knn(train_f, train_y, val_f, val_y, k, t):
+    """One val clip at a time, with Python sorting and a dict of votes."""
+    correct = 0
+    for f, y in zip(val_f, val_y):
+        sims = [(float(f @ g), int(c)) for g, c in zip(train_f, train_y)]
+        sims.sort(key=lambda s: -s[0])
+        votes = {}
+        for sim, c in sims[:k]:
+            votes[c] = votes.get(c, 0.0) + float(np.exp(sim / t))
+        correct += max(votes, key=votes.get) == int(y)
+    return 100.0 * correct / len(val_y)
+
+
+@pytest.mark.parametrize('k, t', [(1, 0.07), (5, 0.1), (20, 0.5)])
+def test_weighted_knn_equals_reference(k, t):
+    g = torch.Generator().manual_seed(k)
+    train_f = F.normalize(torch.randn(60, 8, generator=g), dim=1)
+    train_y = torch.randint(0, 4, (60, ), generator=g)
+    val_f = F.normalize(torch.randn(25, 8, generator=g), dim=1)
+    val_y = torch.randint(0, 4, (25, ), generator=g)
+    ours = knn_top1(train_f, train_y, val_f, val_y, k=k, temperature=t,
+                    chunk=7)
+    assert ours == pytest.approx(reference_knn(train_f, train_y, val_f,
+                                               val_y, k, t))
+
+
+def test_knn_separates_separable_features():
+    centres = F.normalize(torch.randn(3, 16), dim=1)
+    y = torch.arange(3).repeat(20)
+    f = F.normalize(centres[y] + 0.05 * torch.randn(60, 16), dim=1)
+    assert knn_top1(f[:45], y[:45], f[45:], y[45:], k=5) == 100.0
+
+
+def file_digest(path):
+    with open(path, 'rb') as fh:
+        return hashlib.md5(fh.read()).hexdigest()
+
+
+def test_generator_layout_balance_and_determinism(tmp_path):
+    args = ['--num-videos', '27', '--seed', '3', '--size', '32',
+            '--num-frames', '24']
+    run_tool(SYNTH, '--out', tmp_path / 'a', *args)
+    run_tool(SYNTH, '--out', tmp_path / 'b', *args)
+    classes = (tmp_path / 'a' / 'classes.txt').read_text().split()
+    assert len(classes) == 9
+    lines = {}
+    for split in ('train', 'val'):
+        lines[split] = (tmp_path / 'a' / f'{split}.txt').read_text().split(
+            '\n')[:-1]
+        labels = [int(line.split()[1]) for line in lines[split]]
+        assert sorted(set(labels)) == list(range(9))  # every class, both
+    assert len(lines['train']) + len(lines['val']) == 27
+    for line in lines['train'] + lines['val']:
+        name, label = line.split()
+        assert name.split('/')[1].startswith(classes[int(label)])
+        path = tmp_path / 'a' / 'videos' / name
+        vr = decord.VideoReader(str(path))
+        assert len(vr) == 24 and vr[0].shape == (32, 32, 3)
+        assert file_digest(path) == file_digest(tmp_path / 'b' / 'videos' /
+                                                name)
+    run_tool(SYNTH, '--out', tmp_path / 'c', *args[:2], '--seed', '4',
+             *args[4:])
+    name = lines['train'][0].split()[0]
+    assert file_digest(tmp_path / 'a' / 'videos' / name) != file_digest(
+        tmp_path / 'c' / 'videos' / name)
+
+
+def test_generator_refuses_a_size_decord_cannot_read(tmp_path):
+    res = run_tool(SYNTH, '--out', tmp_path, '--num-videos', '18', '--size',
+                   '48', '--num-frames', '8', check=False)
+    assert res.returncode != 0
+    assert 'choose another --size' in res.stdout
+
+
+def test_class_is_motion_not_a_single_frame_colour(tmp_path):
+    """Same class videos differ in colour; the object moves."""
+    run_tool(SYNTH, '--out', tmp_path, '--num-videos', '36', '--seed', '0',
+             '--size', '32', '--num-frames', '24')
+    lines = (tmp_path / 'train.txt').read_text().split('\n')[:-1]
+    by_class = {}
+    for line in lines:
+        name, label = line.split()
+        frames = decord.VideoReader(str(tmp_path / 'videos' /
+                                        name)).get_batch(range(24)).asnumpy()
+        by_class.setdefault(int(label), []).append(frames.astype(float))
+        # something moves: some frame differs from the first
+        assert max(np.abs(frames[0].astype(float) - f).mean()
+                   for f in frames[1:]) > 1.0
+    for videos in by_class.values():
+        means = [v[0].mean(axis=(0, 1)) for v in videos]
+        # first-frame colour statistics vary inside a class
+        assert max(np.abs(means[0] - m).max() for m in means[1:]) > 5.0
+
+
+@pytest.fixture(scope='module')
+def tiny_synthetic(tmp_path_factory):
+    out = tmp_path_factory.mktemp('synthetic')
+    run_tool(SYNTH, '--out', out, '--num-videos', '36', '--seed', '1',
+             '--size', '64', '--num-frames', '40')
+    return out
+
+
+DEMO = osp.join(ROOT, 'configs', 'demo', 'vthcl_tiny_synthetic.py')
+
+
+def knn_args(data):
+    return ['--train-ann', data / 'train.txt', '--val-ann', data / 'val.txt',
+            '--data-root', data / 'videos']
+
+
+@pytest.mark.slow
+def test_monitor_hook_and_eval_knn_agree(tmp_path, tiny_synthetic):
+    data = tiny_synthetic
+    work = tmp_path / 'work'
+    out = run_tool(
+        'tools/train.py', DEMO, '--work-dir', work, '--cfg-options',
+        f'train_dataloader.dataset.ann_file={data / "train.txt"}',
+        f'train_dataloader.dataset.data_prefix.video={data / "videos"}',
+        'train_dataloader.num_workers=0',
+        'train_dataloader.persistent_workers=False',
+        'train_dataloader.batch_size=8', 'model.head.num_negatives=8',
+        f'custom_hooks.0.train_ann={data / "train.txt"}',
+        f'custom_hooks.0.val_ann={data / "val.txt"}',
+        f'custom_hooks.0.data_root={data / "videos"}',
+        'custom_hooks.0.interval=1', 'train_cfg.max_epochs=1',
+        'param_scheduler.0.T_max=1', 'param_scheduler.0.end=1',
+        'default_hooks.checkpoint.interval=1').stdout
+    logged = [float(v) for v in
+              __import__('re').findall(r'knn/top1: ([0-9.]+)', out)]
+    assert len(logged) == 1, out[-3000:]
+    scalars = list(work.glob('*/vis_data/scalars.json'))
+    assert scalars and 'knn/top1' in scalars[0].read_text()
+
+    # the CLI gives the same number for the checkpoint, and a baseline
+    ckpt = work / 'epoch_1.pth'
+    res = run_tool('tools/eval_knn.py', DEMO, ckpt, *knn_args(data)).stdout
+    last = res.strip().splitlines()[-1]
+    assert last.startswith('knn_top1: ')
+    assert float(last.split()[1]) == pytest.approx(logged[0], abs=0.01)
+    base = run_tool('tools/eval_knn.py', DEMO, *knn_args(data)).stdout
+    assert 'random initialisation' in base
+    assert 0.0 <= float(base.strip().splitlines()[-1].split()[1]) <= 100.0
+
+
+def test_eval_knn_refuses_a_non_vthcl_checkpoint(tmp_path, tiny_synthetic):
+    bad = tmp_path / 'recognizer.pth'
+    torch.save({'state_dict': {'backbone.conv1.conv.weight': torch.ones(1),
+                               'cls_head.fc_cls.weight': torch.ones(1)}},
+               str(bad))
+    res = run_tool('tools/eval_knn.py', DEMO, bad, *knn_args(tiny_synthetic),
+                   check=False)
+    assert res.returncode != 0
+    assert 'recognizer.pth: not a VTHCL checkpoint' in res.stdout

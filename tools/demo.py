@@ -1,0 +1,146 @@
+"""The VTHCL main job, end to end on generated data, on a CPU.
+
+1. generate a labelled tempo dataset (tools/data/make_synthetic.py);
+2. kNN top-1 of a randomly initialised encoder (the baseline);
+3. pretrain VTHCL on the training videos, labels unused
+   (configs/demo/vthcl_tiny_synthetic.py);
+4. kNN top-1 of the pretrained slow encoder;
+5. draw the Instance Correspondence Map of a validation video;
+6. print a table and where the checkpoint and the ICM image are.
+
+Every step is a command of this repository, printed before it runs, so any
+of them can be repeated by hand. ``make demo`` runs this script.
+"""
+import argparse
+import glob
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG = osp.join('configs', 'demo', 'vthcl_tiny_synthetic.py')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--out', default='demo_out',
+                        help='where the run, the ICM image and the data go')
+    parser.add_argument('--data', default=None,
+                        help='dataset directory (default: OUT/data); '
+                        'generated unless it already holds train.txt')
+    parser.add_argument('--num-videos', type=int, default=600)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--epochs', type=int, default=None,
+                        help='pretraining epochs (default: the config)')
+    parser.add_argument('--config', default=CONFIG)
+    parser.add_argument('--cfg-options', nargs='+', default=[],
+                        help='extra key=value overrides of the pretraining '
+                        'config (e.g. model.head.depths=[res5])')
+    return parser.parse_args(argv)
+
+
+def run(cmd, log=None):
+    """Run a repository command, echo it, return its output."""
+    cmd = [str(c) for c in cmd]
+    shown = ' '.join(osp.relpath(c, ROOT) if osp.isabs(c) and
+                     c.startswith(ROOT) else c for c in cmd)
+    print(f'\n$ {shown}', flush=True)
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
+               os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([sys.executable] + cmd, cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+    if log is not None:
+        with open(log, 'w') as f:
+            f.write(proc.stdout)
+    if proc.returncode != 0:
+        print(proc.stdout[-5000:])
+        raise SystemExit(f'demo: step failed (exit {proc.returncode})')
+    return proc.stdout
+
+
+def knn_top1(output: str) -> float:
+    match = re.search(r'knn_top1: ([0-9.]+)\s*$', output)
+    if match is None:
+        raise SystemExit('demo: eval_knn printed no knn_top1 line')
+    return float(match.group(1))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = osp.abspath(args.out)
+    data = osp.abspath(args.data or osp.join(out, 'data'))
+    work = osp.join(out, 'work')
+    os.makedirs(out, exist_ok=True)
+    start = time.time()
+
+    if not osp.isfile(osp.join(data, 'train.txt')):
+        run(['tools/data/make_synthetic.py', '--out', data, '--num-videos',
+             args.num_videos, '--seed', args.seed])
+    else:
+        print(f'using the dataset in {data}')
+    train_ann, val_ann = (osp.join(data, f'{s}.txt') for s in ('train', 'val'))
+    videos = osp.join(data, 'videos')
+    knn_args = ['--train-ann', train_ann, '--val-ann', val_ann,
+                '--data-root', videos]
+
+    baseline = knn_top1(
+        run(['tools/eval_knn.py', args.config, *knn_args]))
+    print(f'knn top-1, random initialisation: {baseline:.2f}')
+
+    options = [
+        f'train_dataloader.dataset.ann_file={train_ann}',
+        f'train_dataloader.dataset.data_prefix.video={videos}',
+        f'custom_hooks.0.train_ann={train_ann}',
+        f'custom_hooks.0.val_ann={val_ann}',
+        f'custom_hooks.0.data_root={videos}',
+    ]
+    if args.epochs is not None:
+        e = args.epochs
+        options += [f'train_cfg.max_epochs={e}',
+                    f'param_scheduler.0.T_max={e}',
+                    f'param_scheduler.0.end={e}',
+                    f'default_hooks.checkpoint.interval={e}',
+                    f'custom_hooks.0.interval={e}']
+    options += args.cfg_options
+    train_start = time.time()
+    run(['tools/train.py', args.config, '--work-dir', work,
+         '--cfg-options', *options], log=osp.join(out, 'train.log'))
+    train_time = time.time() - train_start
+    ckpts = sorted(glob.glob(osp.join(work, 'epoch_*.pth')),
+                   key=lambda p: int(re.findall(r'\d+', osp.basename(p))[0]))
+    if not ckpts:
+        raise SystemExit(f'demo: training wrote no checkpoint in {work}')
+    ckpt = ckpts[-1]
+
+    overrides = ['--cfg-options', *args.cfg_options] if args.cfg_options \
+        else []
+    pretrained = knn_top1(
+        run(['tools/eval_knn.py', args.config, ckpt, *knn_args,
+             *overrides]))
+    print(f'knn top-1, VTHCL: {pretrained:.2f}')
+
+    with open(val_ann) as f:
+        first_val = f.readline().split()[0]
+    icm = osp.join(out, 'icm.png')
+    run(['tools/visualize_icm.py', args.config, ckpt,
+         osp.join(videos, first_val), '--out', icm, '--depth', 'all',
+         *overrides])
+
+    total = time.time() - start
+    rows = [('random-init kNN top-1 (%)', f'{baseline:.2f}'),
+            ('VTHCL kNN top-1 (%)', f'{pretrained:.2f}'),
+            ('gain (points)', f'{pretrained - baseline:+.2f}'),
+            ('pretraining time', f'{train_time / 60:.1f} min'),
+            ('total time', f'{total / 60:.1f} min')]
+    width = max(len(r[0]) for r in rows)
+    print('\n' + '\n'.join(f'{k:<{width}}  {v}' for k, v in rows))
+    print(f'\ncheckpoint: {osp.relpath(ckpt)}\nICM image:  {osp.relpath(icm)}'
+          f'\ntraining log: {osp.relpath(osp.join(out, "train.log"))}')
+
+
+if __name__ == '__main__':
+    main()

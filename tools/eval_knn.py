@@ -1,0 +1,87 @@
+"""kNN top-1 of a VTHCL slow encoder on a labelled val list.
+
+    python tools/eval_knn.py CONFIG [CHECKPOINT] --train-ann A --val-ann B \\
+        --data-root R
+
+Without CHECKPOINT it evaluates a randomly initialised encoder of the same
+config: the baseline pretraining has to beat. The last line printed is
+``knn_top1: <percent>``.
+"""
+import argparse
+import logging
+
+import mmvthcl  # noqa: F401  (registers mmvthcl types, applies compat fixes)
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.logging import MMLogger
+from mmengine.registry import init_default_scope
+
+from mmaction.registry import MODELS
+from mmvthcl.compat import load_tensors_only
+from mmvthcl.evaluation import evaluate_knn, knn_pipeline
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('config', help='VTHCL config the model comes from')
+    parser.add_argument('checkpoint', nargs='?', help='VTHCL checkpoint; '
+                        'omit it to evaluate random initialisation')
+    parser.add_argument('--train-ann', required=True,
+                        help='labelled reference list ("path label")')
+    parser.add_argument('--val-ann', required=True,
+                        help='labelled list to classify')
+    parser.add_argument('--data-root', default='',
+                        help='directory the list paths are relative to')
+    parser.add_argument('--k', type=int, default=20)
+    parser.add_argument('--temperature', type=float, default=0.07)
+    parser.add_argument('--depth', default='res5')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument('--no-center', action='store_true',
+                        help='plain cosine of the pooled features (no '
+                        'centring on the train mean)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the random initialisation')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args(argv)
+
+
+def load_vthcl_weights(model, path: str) -> None:
+    """Load a VTHCL checkpoint tensors-only; refuse anything else."""
+    ckpt = load_tensors_only(path)
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not any(
+            k.startswith('head.projections.') for k in state):
+        raise SystemExit(f'{path}: not a VTHCL checkpoint (no '
+                         'head.projections.* weights)')
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise SystemExit(f'{path}: does not match the config: {e}')
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmaction'))
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
+    torch.manual_seed(args.seed)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    if args.checkpoint:
+        load_vthcl_weights(model, args.checkpoint)
+        print(f'encoder: {args.checkpoint}')
+    else:
+        print('encoder: random initialisation (no checkpoint given)')
+    top1 = evaluate_knn(
+        model, args.train_ann, args.val_ann, args.data_root,
+        knn_pipeline(cfg), k=args.k, temperature=args.temperature,
+        depth=args.depth, batch_size=args.batch_size,
+        num_workers=args.num_workers, center=not args.no_center)
+    print(f'knn_top1: {top1:.2f}')
+
+
+if __name__ == '__main__':
+    main()
