@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvthcl.models import HierarchicalContrastiveHead, HierarchicalMemoryBank
+from mmvthcl.models.heads.hierarchical_contrastive_head import info_nce
 from mmvthcl.models.memories.hierarchical_memory_bank import last_occurrence
 
 DEPTHS = ('res3', 'res4', 'res5')
@@ -60,6 +61,32 @@ def test_loss_equals_explicit_reference(per_sample):
             ref += reference_nce(q, bank[index], bank[negs], 0.2)
         assert losses[f'loss_{d}'].item() == pytest.approx(w * ref, rel=1e-5)
         assert 0.0 <= losses[f'acc_{d}'].item() <= 1.0
+
+
+@pytest.mark.parametrize('per_sample', [False, True])
+def test_fused_gradient_equals_autograd_through_the_logits(per_sample):
+    """Bank rows take the fused InfoNCE (gradient computed in the forward
+    pass); its loss, accuracy and query gradient, scaled by the upstream
+    gradient, equal plain autograd through cross-entropy in float64."""
+    torch.manual_seed(1)
+    q = unit(5, 6).requires_grad_()
+    pos = unit(5, 6)
+    negs = unit(5, 9, 6) if per_sample else unit(9, 6)
+    loss, acc = info_nce(q, pos, negs, 0.1)
+    (3.0 * loss).backward()
+
+    q64 = q.detach().double().requires_grad_()
+    l_neg = (torch.einsum('bd,bkd->bk', q64, negs.double()) if per_sample
+             else q64 @ negs.double().t())
+    logits = torch.cat([(q64 * pos.double()).sum(1, keepdim=True), l_neg],
+                       dim=1) / 0.1
+    ref = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+    (3.0 * ref).backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert acc.item() == pytest.approx(
+        (logits.argmax(1) == 0).double().mean().item())
+    torch.testing.assert_close(q.grad.double(), q64.grad, rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_gradients_reach_the_queries_only():
