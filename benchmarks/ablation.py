@@ -25,7 +25,8 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 #: variant name → extra config overrides of the demo config
 VARIANTS = {
     'full VTHCL (res3-res5, α = 2)': [],
-    'res5 only (no hierarchy)': ['model.head.depths=[res5]'],
+    'res5 only (no hierarchy)': ['model.head.depths=[res5]',
+                                 'model.head.loss_weights=[1.0]'],
     'α = 1 (no tempo gap)': ['train_dataloader.dataset.pipeline.1.alpha=1'],
 }
 
