@@ -26,6 +26,7 @@ def apply() -> None:
     if _APPLIED:
         return
     install_drn_shim_if_missing()
+    disable_multimodal_if_transformers_incompatible()
     patch_package_lookup_without_pkg_resources()
     patch_cpu_set_device()
     patch_checkpoint_loader()
@@ -209,6 +210,47 @@ def adapt_config_for_device(cfg, launcher: str = 'none') -> None:
         type='MMDistributedDataParallel', broadcast_buffers=False))
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
+
+
+# --------------------------------------------------------------------------
+# 3b. transformers >= 5 breaks ``import mmaction.models``
+# --------------------------------------------------------------------------
+#: what mmaction2 1.2.0's multimodal models (VindLU) import from transformers
+_VINDLU_NEEDS = ('PreTrainedModel', 'apply_chunking_to_forward',
+                 'find_pruneable_heads_and_indices', 'prune_linear_layer')
+
+
+def transformers_breaks_multimodal() -> bool:
+    """Whether an installed transformers lacks what VindLU imports.
+
+    mmaction2 1.2.0 imports its multimodal models whenever transformers
+    >= 4.28 is installed, and ``vindlu/modeling_bert.py`` imports helpers
+    that transformers 5 removed from ``transformers.modeling_utils``; then
+    ``import mmaction.models`` fails with an ImportError although nothing of
+    VTHCL needs those models (seen on a GPU machine with transformers 5).
+    """
+    if importlib.util.find_spec('transformers') is None:
+        return False
+    try:
+        utils = importlib.import_module('transformers.modeling_utils')
+    except Exception:  # a broken transformers breaks mmaction the same way
+        return True
+    return not all(hasattr(utils, name) for name in _VINDLU_NEEDS)
+
+
+def disable_multimodal_if_transformers_incompatible() -> bool:
+    """Turn mmaction's multimodal models off when they cannot import.
+
+    ``mmaction.models.multimodal`` reads ``WITH_MULTIMODAL`` when it is
+    imported and registers placeholders when it is False (as without
+    transformers), so this must run before ``import mmaction.models``.
+    Returns whether it did.
+    """
+    if not transformers_breaks_multimodal():
+        return False
+    from mmaction.utils import dependency
+    dependency.WITH_MULTIMODAL = False
+    return True
 
 
 # --------------------------------------------------------------------------

@@ -43,6 +43,68 @@ def test_drn_shim_only_when_the_wheel_lacks_it():
     assert 'refused: DRN is not part of the installed mmaction2' in out.stdout
 
 
+def _fake_transformers(root, modeling_utils: str) -> str:
+    """An installed-looking transformers 5 (package + dist-info), so that
+    mmaction's ``transformers>=4.28.0`` check passes and VindLU imports it."""
+    pkg = root / 'transformers'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text("__version__ = '5.0.0'\n")
+    (pkg / 'modeling_utils.py').write_text(modeling_utils)
+    info = root / 'transformers-5.0.0.dist-info'
+    info.mkdir()
+    (info / 'METADATA').write_text(
+        'Metadata-Version: 2.1\nName: transformers\nVersion: 5.0.0\n')
+    return str(root)
+
+
+# compat.py alone, without the package's __init__ (which applies the fixes)
+_COMPAT_ALONE = f"""
+import importlib.util
+spec = importlib.util.spec_from_file_location(
+    'compat_alone', {osp.join(ROOT, 'mmvthcl', 'compat.py')!r})
+compat = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compat)
+"""
+
+
+def test_transformers_without_vindlu_helpers_leaves_mmaction_importable(
+        tmp_path):
+    path = _fake_transformers(tmp_path, 'class PreTrainedModel:\n    pass\n')
+    env = dict(PYTHONPATH=path + os.pathsep + ROOT)
+    # what VindLU does at import, and what broke `import mmaction.models`
+    out = _run(_COMPAT_ALONE + """
+from mmaction.utils.dependency import WITH_MULTIMODAL
+print(compat.transformers_breaks_multimodal(), WITH_MULTIMODAL)
+from transformers.modeling_utils import apply_chunking_to_forward
+""", **env)
+    assert out.stdout.split() == ['True', 'True'], out.stderr
+    assert 'ImportError' in out.stderr
+    # with the fix, mmaction's multimodal models step aside
+    out = _run("""
+        import mmvthcl, mmaction.models
+        from mmaction.utils import dependency
+        print(dependency.WITH_MULTIMODAL)
+    """, **env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ['False']
+
+
+def test_compatible_transformers_keeps_multimodal(tmp_path):
+    helpers = ''.join(f'def {n}():\n    pass\n' for n in (
+        'apply_chunking_to_forward', 'find_pruneable_heads_and_indices',
+        'prune_linear_layer'))
+    path = _fake_transformers(tmp_path,
+                              'class PreTrainedModel:\n    pass\n' + helpers)
+    out = _run(_COMPAT_ALONE + """
+print(compat.transformers_breaks_multimodal())
+print(compat.disable_multimodal_if_transformers_incompatible())
+from mmaction.utils.dependency import WITH_MULTIMODAL
+print(WITH_MULTIMODAL)
+""", PYTHONPATH=path + os.pathsep + ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ['False', 'False', 'True']
+
+
 def test_drn_shim_not_installed_when_sources_exist(tmp_path, monkeypatch):
     drn = tmp_path / 'models' / 'localizers' / 'drn'
     drn.mkdir(parents=True)
