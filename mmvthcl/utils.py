@@ -96,3 +96,41 @@ def train_crop_size(cfg, default: int = 224) -> int:
             elif isinstance(value, (tuple, list)) and min(value) > 0:
                 size = int(min(value))
     return size
+
+
+def load_vthcl_weights(model: torch.nn.Module, path: str) -> None:
+    """Load a VTHCL checkpoint's weights tensors-only; refuse anything else.
+
+    The memory banks are skipped: kNN evaluation and the ICM do not use them
+    and their size depends on the training set. Every other weight must
+    match the model.
+
+    Raises:
+        ValueError: The file is missing, not a VTHCL checkpoint, or does not
+            match the model; the message names the file.
+    """
+    from .compat import load_tensors_only
+    try:
+        ckpt = load_tensors_only(path)
+    except FileNotFoundError:
+        raise ValueError(f'{path}: checkpoint not found')
+    except RuntimeError as e:  # the message names the file
+        raise ValueError(f'not a VTHCL checkpoint: {e}')
+    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(
+            any(k.startswith(p) for k in state)
+            for p in ('backbone.', 'head.projections.')):
+        raise ValueError(f'{path}: not a VTHCL checkpoint (no backbone.* '
+                         'and head.projections.* weights)')
+    state = {
+        k: v
+        for k, v in state.items() if not k.startswith('head.memory.')
+    }
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f'{path}: does not match the config: {e}')
+    missing = [k for k in missing if not k.startswith('head.memory.')]
+    if missing or unexpected:
+        raise ValueError(f'{path}: does not match the config (missing '
+                         f'{missing[:5]}, unexpected {unexpected[:5]})')

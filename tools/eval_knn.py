@@ -17,8 +17,8 @@ from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
 from mmaction.registry import MODELS
-from mmvthcl.compat import load_tensors_only
 from mmvthcl.evaluation import evaluate_knn, knn_pipeline
+from mmvthcl.utils import load_vthcl_weights
 
 
 def parse_args(argv=None):
@@ -46,20 +46,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_vthcl_weights(model, path: str) -> None:
-    """Load a VTHCL checkpoint tensors-only; refuse anything else."""
-    ckpt = load_tensors_only(path)
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not any(
-            k.startswith('head.projections.') for k in state):
-        raise SystemExit(f'{path}: not a VTHCL checkpoint (no '
-                         'head.projections.* weights)')
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise SystemExit(f'{path}: does not match the config: {e}')
-
-
 def main(argv=None):
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
@@ -71,7 +57,10 @@ def main(argv=None):
     model = MODELS.build(cfg.model)
     model.init_weights()
     if args.checkpoint:
-        load_vthcl_weights(model, args.checkpoint)
+        try:
+            load_vthcl_weights(model, args.checkpoint)
+        except ValueError as e:
+            raise SystemExit(str(e))
         print(f'encoder: {args.checkpoint}')
     else:
         print('encoder: random initialisation (no checkpoint given)')

@@ -19,10 +19,10 @@ from mmengine.logging import MMLogger
 from mmengine.registry import init_default_scope
 
 from mmaction.registry import MODELS
-from mmvthcl.compat import load_tensors_only
 from mmvthcl.visualization import (compute_icm, load_icm_clips,
                                    render_icm_animation, render_icm_grid,
                                    save_gif, save_image)
+from mmvthcl.utils import load_vthcl_weights
 from mmvthcl.visualization.icm import check_depths
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
@@ -70,38 +70,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_vthcl_checkpoint(model, path: str) -> None:
-    """Load a VTHCL checkpoint tensors-only; refuse anything else.
-
-    The memory banks are not needed for an ICM and their size depends on
-    the training set, so they are not loaded; every other weight must match.
-    """
-    try:
-        ckpt = load_tensors_only(path)
-    except FileNotFoundError:
-        raise SystemExit(f'{path}: checkpoint not found')
-    except RuntimeError as e:  # the message names the file
-        raise SystemExit(f'not a VTHCL checkpoint: {e}')
-    state = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(
-            any(k.startswith(p) for k in state)
-            for p in ('backbone.', 'head.projections.')):
-        raise SystemExit(f'{path}: not a VTHCL checkpoint (no backbone.* '
-                         'and head.projections.* weights)')
-    state = {
-        k: v
-        for k, v in state.items() if not k.startswith('head.memory.')
-    }
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except (RuntimeError, ValueError) as e:
-        raise SystemExit(f'{path}: does not match the config: {e}')
-    missing = [k for k in missing if not k.startswith('head.memory.')]
-    if missing or unexpected:
-        raise SystemExit(f'{path}: does not match the config (missing '
-                         f'{missing[:5]}, unexpected {unexpected[:5]})')
-
-
 def main(argv=None):
     args = parse_args(argv)
     ext = osp.splitext(args.out)[1].lower()
@@ -123,7 +91,10 @@ def main(argv=None):
         print('WARNING: no checkpoint: drawing a randomly initialised model;'
               ' its ICM shows no learned correspondence')
     else:
-        load_vthcl_checkpoint(model, args.checkpoint)
+        try:
+            load_vthcl_weights(model, args.checkpoint)
+        except ValueError as e:
+            raise SystemExit(str(e))
         weights = osp.basename(args.checkpoint)
     model.to(args.device)
     try:
