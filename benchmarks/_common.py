@@ -43,6 +43,34 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--depth`` and ``--config`` of the scripts that build a VTHCL model
+    (each resolves the default config, ``configs/vthcl_r{depth}_k400.py``,
+    after parsing)."""
+    parser.add_argument('--depth', type=int, default=18, choices=(18, 50))
+    parser.add_argument('--config', default=None,
+                        help='VTHCL config (default: configs/vthcl_r{depth}'
+                        '_k400.py)')
+
+
+def vthcl_model_cfg(args, num_samples: int,
+                    num_negatives: Optional[int] = None,
+                    per_sample_negatives: bool = False) -> dict:
+    """The ``model`` of ``args.config`` at ``args.depth``, banks sized to
+    ``num_samples``; ``num_negatives`` None keeps the config's K."""
+    import copy
+
+    from mmengine.config import Config
+    cfg = copy.deepcopy(Config.fromfile(args.config).model.to_dict())
+    cfg['backbone']['depth'] = args.depth
+    head = cfg['head']
+    head['memory']['num_samples'] = num_samples
+    if num_negatives:
+        head['num_negatives'] = num_negatives
+    head['per_sample_negatives'] = per_sample_negatives
+    return cfg
+
+
 def setup(device: str, threads: Optional[int] = None) -> None:
     """Import the plugin, set the default scope, quiet the loggers."""
     import logging

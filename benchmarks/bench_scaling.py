@@ -30,17 +30,14 @@ import time
 
 import torch
 
-from _common import (ROOT, VIDEOS, MemoryTracker, base_parser, dump_json,
-                     in_fresh_process, load, median, print_header,
-                     print_table, setup, sync)
+from _common import (ROOT, VIDEOS, MemoryTracker, add_model_args, base_parser,
+                     dump_json, in_fresh_process, load, median, print_header,
+                     print_table, setup, sync, vthcl_model_cfg)
 
 
 def parse_args(argv=None):
     parser = base_parser(__doc__.split('\n')[0])
-    parser.add_argument('--depth', type=int, default=18, choices=(18, 50))
-    parser.add_argument('--config', default=None,
-                        help='VTHCL config (default: configs/vthcl_r{depth}'
-                        '_k400.py)')
+    add_model_args(parser)
     parser.add_argument('--batch', type=int, default=None,
                         help='default batch (8; quick 2)')
     parser.add_argument('--crop', type=int, default=None,
@@ -91,16 +88,12 @@ def configurations(args):
 def step_child(args, conf) -> dict:
     """Memory and time of VTHCL training steps for one configuration."""
     setup(args.device, args.threads)
-    from mmengine.config import Config
     from mmengine.optim import OptimWrapper
 
     from mmaction.registry import MODELS
     from mmaction.structures import ActionDataSample
     dev = args.device
-    cfg = copy.deepcopy(Config.fromfile(args.config).model.to_dict())
-    cfg['backbone']['depth'] = args.depth
-    cfg['head']['num_negatives'] = conf['num_negatives']
-    cfg['head']['memory']['num_samples'] = conf['num_samples']
+    cfg = vthcl_model_cfg(args, conf['num_samples'], conf['num_negatives'])
     torch.manual_seed(args.seed)
     model = MODELS.build(cfg)
     model.init_weights()

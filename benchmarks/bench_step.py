@@ -21,18 +21,16 @@ import os.path as osp
 
 import torch
 
-from _common import (ROOT, base_parser, dump_json, interleaved, load, median,
-                     print_header, print_table, ratio, setup, verdict)
+from _common import (ROOT, add_model_args, base_parser, dump_json, interleaved,
+                     load, median, print_header, print_table, ratio, setup,
+                     verdict, vthcl_model_cfg)
 
 STEP_TARGET = 1.15
 
 
 def parse_args(argv=None):
     parser = base_parser(__doc__.split('\n')[0])
-    parser.add_argument('--depth', type=int, default=18, choices=(18, 50))
-    parser.add_argument('--config', default=None,
-                        help='VTHCL config (default: configs/vthcl_r{depth}'
-                        '_k400.py)')
+    add_model_args(parser)
     parser.add_argument('--batch', type=int, default=None,
                         help='clips per batch (default 8, quick 2)')
     parser.add_argument('--crop', type=int, default=None,
@@ -54,18 +52,6 @@ def parse_args(argv=None):
     args.num_samples = args.num_samples or (20000 if args.quick else 240000)
     args.reps = args.reps or (2 if args.quick else 5)
     return args
-
-
-def vthcl_model_cfg(args):
-    from mmengine.config import Config
-    cfg = copy.deepcopy(Config.fromfile(args.config).model.to_dict())
-    cfg['backbone']['depth'] = args.depth
-    head = cfg['head']
-    head['memory']['num_samples'] = args.num_samples
-    if args.num_negatives:
-        head['num_negatives'] = args.num_negatives
-    head['per_sample_negatives'] = args.per_sample_negatives
-    return cfg
 
 
 def stock_model_cfg(depth: int):
@@ -100,7 +86,9 @@ def build_models(args, device):
     from mmaction.registry import MODELS
     torch.manual_seed(args.seed)
     models = dict(
-        vthcl=MODELS.build(vthcl_model_cfg(args)),
+        vthcl=MODELS.build(
+            vthcl_model_cfg(args, args.num_samples, args.num_negatives,
+                            args.per_sample_negatives)),
         slow=MODELS.build(stock_model_cfg(args.depth)),
         fast=MODELS.build(stock_model_cfg(args.depth)))
     for m in models.values():
