@@ -1,7 +1,8 @@
 """Generated tempo dataset, kNN evaluation and its monitor hook."""
 import hashlib
-import re
+import importlib.util
 import os.path as osp
+import re
 
 import decord
 import numpy as np
@@ -10,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from mmvthcl.evaluation import knn_top1
-
 from .conftest import ROOT, run_tool
 
 SYNTH = osp.join(ROOT, 'tools', 'data', 'make_synthetic.py')
@@ -108,6 +108,60 @@ def test_class_is_motion_not_a_single_frame_colour(tmp_path):
         means = [v[0].mean(axis=(0, 1)) for v in videos]
         # first-frame colour statistics vary inside a class
         assert max(np.abs(means[0] - m).max() for m in means[1:]) > 5.0
+
+
+def load_generator():
+    spec = importlib.util.spec_from_file_location('make_synthetic', SYNTH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_keyframed_interpolates_like_np_interp():
+    gen = load_generator()
+    keys = np.random.default_rng(0).uniform(size=(5, 2))
+    got = gen.keyframed(keys, num_frames=13, drift=4)
+    t = np.arange(13)
+    for col in range(2):
+        want = np.interp(t, np.arange(5) * 4, keys[:, col])
+        np.testing.assert_allclose(got[:, col], want, rtol=1e-12)
+    np.testing.assert_array_equal(gen.keyframed(keys, 3, drift=0),
+                                  np.repeat(keys[:1], 3, axis=0))
+
+
+def test_drift_cross_fades_the_background(tmp_path):
+    """Static: one background throughout; drift: keyframes and blends."""
+    gen = load_generator()
+    rng = np.random.default_rng(0)
+    size, drift, frames_n = 32, 4, 12
+    backgrounds = np.stack([gen.texture(rng, size) for _ in range(5)])
+    colors = np.array([[255, 0, 0]] * 5, np.float32)
+    corner = (slice(0, 2), slice(0, 2))  # the object never reaches it
+    static = gen.render_video(np.random.default_rng(1), 8, size, frames_n,
+                              backgrounds[:1], colors[:1], drift=0)
+    for f in static:
+        np.testing.assert_array_equal(f[corner], backgrounds[0][corner])
+    drifting = gen.render_video(np.random.default_rng(1), 8, size, frames_n,
+                                backgrounds, colors, drift=drift)
+    for k in range(frames_n // drift):
+        np.testing.assert_array_equal(drifting[k * drift][corner],
+                                      backgrounds[k][corner])
+    half = np.round((backgrounds[0][corner].astype(float) +
+                     backgrounds[1][corner]) / 2)
+    np.testing.assert_allclose(drifting[drift // 2][corner], half, atol=1)
+    # the object's colour is the same red throughout: the class (shape and
+    # motion) is drawn whatever the nuisances do
+    assert (np.abs(drifting.astype(int) - [255, 0, 0]).sum(-1) < 30).any(
+        axis=(1, 2)).all()
+    # through the command line: the first and last frames' backgrounds
+    # differ, where a static video's are the same up to compression
+    run_tool(SYNTH, '--out', tmp_path / 'd', '--num-videos', '18', '--size',
+             '32', '--num-frames', '24', '--drift', '6', '--num-textures',
+             '0')
+    name = (tmp_path / 'd' / 'train.txt').read_text().split()[0]
+    vr = decord.VideoReader(str(tmp_path / 'd' / 'videos' / name))
+    first, last = vr[0].asnumpy()[:4, :4], vr[23].asnumpy()[:4, :4]
+    assert len(vr) == 24 and np.abs(first.astype(int) - last).mean() > 5
 
 
 @pytest.fixture(scope='module')
@@ -211,9 +265,8 @@ def test_ablation_variants_build(tmp_path):
     import argparse
     import sys
 
-    from mmengine.config import Config, DictAction
-
     from mmaction.registry import MODELS, TRANSFORMS
+    from mmengine.config import Config, DictAction
     sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
     try:
         from ablation import VARIANTS

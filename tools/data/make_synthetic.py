@@ -13,6 +13,14 @@ discrimination has to use the object too, as on real data where many videos
 share a scene type; with a unique texture per video, a contrastive model can
 tell videos apart by their background alone.
 
+With ``--drift F`` the nuisances are not constant within a video: every F
+frames the background, object colour, size, path amplitude, path centre and
+speed are drawn again, and the frames in between interpolate (backgrounds
+cross-fade). Two clips taken at different times of one video then share only
+the class (shape × motion), which is what a contrastive positive from another
+moment of the video (a memory-bank entry from an earlier epoch) would have to
+rely on.
+
 Output, in MMAction2's ``VideoDataset`` layout::
 
     DIR/videos/{train,val}/<class>_<n>.mp4
@@ -69,17 +77,16 @@ def draw_shape(img: np.ndarray, shape: str, center: Tuple[float, float],
                  lineType=cv2.LINE_AA)
 
 
-def trajectory(motion: str, t: np.ndarray, period: float, phase: float,
-               amplitude: float, center: Tuple[float, float]) -> np.ndarray:
-    """Object centre per frame for a motion pattern at a given tempo."""
-    theta = 2 * np.pi * t / period + phase
-    cx, cy = center
+def trajectory(motion: str, theta: np.ndarray, amplitude: np.ndarray,
+               center: np.ndarray) -> np.ndarray:
+    """Object centre per frame: a motion pattern at per-frame angle ``theta``
+    (radians along the oscillation), ``amplitude`` and path ``center``
+    (T, 2)."""
+    cx, cy = center[:, 0], center[:, 1]
     if motion == 'horizontal':
-        return np.stack([cx + amplitude * np.sin(theta),
-                         np.full_like(theta, cy)], 1)
+        return np.stack([cx + amplitude * np.sin(theta), cy], 1)
     if motion == 'vertical':
-        return np.stack([np.full_like(theta, cx),
-                         cy + amplitude * np.sin(theta)], 1)
+        return np.stack([cx, cy + amplitude * np.sin(theta)], 1)
     return np.stack([cx + amplitude * np.cos(theta),
                      cy + amplitude * np.sin(theta)], 1)
 
@@ -93,29 +100,61 @@ def palette_colour(rng: np.random.Generator, num_colours: int) -> tuple:
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
 
+def keyframed(values: np.ndarray, num_frames: int, drift: int) -> np.ndarray:
+    """Per-frame values linearly interpolated between keyframes.
+
+    ``values`` holds one row per keyframe, ``drift`` frames apart; with
+    ``drift == 0`` the first row holds for the whole video.
+    """
+    values = np.asarray(values, np.float64)
+    if drift <= 0:
+        return np.repeat(values[:1], num_frames, axis=0)
+    t = np.arange(num_frames) / drift
+    j = np.floor(t).astype(int)
+    w = (t - j).reshape((-1, ) + (1, ) * (values.ndim - 1))
+    return (1 - w) * values[j] + w * values[j + 1]
+
+
 def render_video(rng: np.random.Generator, label: int, size: int,
-                 num_frames: int, background: np.ndarray,
-                 color: tuple) -> np.ndarray:
-    """Frames (T, H, W, 3) RGB uint8 of one video of class ``label``."""
+                 num_frames: int, backgrounds: np.ndarray,
+                 colors: np.ndarray, drift: int = 0) -> np.ndarray:
+    """Frames (T, H, W, 3) RGB uint8 of one video of class ``label``.
+
+    ``backgrounds`` (K, H, W, 3) and ``colors`` (K, 3) are the keyframes of
+    the background and the object colour, ``drift`` frames apart (0: the
+    first ones hold throughout); the object's size, the path's amplitude and
+    centre and the speed drift the same way.
+    """
     shape = SHAPES[label % len(SHAPES)]
     motion = MOTIONS[label // len(SHAPES)]
-    radius = rng.uniform(0.12, 0.2) * size
-    amplitude = rng.uniform(0.12, 0.22) * size
+    num_keys = len(colors)
+
+    def drifting(low: float, high: float, dims: int = 1) -> np.ndarray:
+        """A nuisance drawn per keyframe, interpolated per frame."""
+        per_frame = keyframed(
+            rng.uniform(low, high, (num_keys, dims)), num_frames, drift)
+        return per_frame[:, 0] if dims == 1 else per_frame
+
+    radius = drifting(0.12, 0.2) * size
+    amplitude = drifting(0.12, 0.22) * size
     # the path's centre is jittered around the frame centre (where along
     # the path the object starts is the random phase below): position alone
     # should not tell videos apart
-    center = tuple(size / 2 + rng.uniform(-0.1, 0.1, size=2) * size)
+    center = size / 2 + drifting(-0.1, 0.1, 2) * size
     # tempo: one oscillation takes 20 to 60 frames, so clips sampled every
-    # 4th frame still see smooth motion (no aliasing), at 3x varying speed
-    period = rng.uniform(20, 60)
-    phase = rng.uniform(0, 2 * np.pi)
-    path = trajectory(motion, np.arange(num_frames, dtype=np.float64),
-                      period, phase, amplitude, center)
-    frames = np.empty((num_frames, size, size, 3), np.uint8)
+    # 4th frame still see smooth motion (no aliasing), at 3x varying speed;
+    # the angle integrates the (drifting) angular speed
+    period = drifting(20, 60)
+    theta = rng.uniform(0, 2 * np.pi) + np.concatenate(
+        [[0], np.cumsum(2 * np.pi / period[:-1])])
+    path = trajectory(motion, theta, amplitude, center)
+    color = keyframed(colors, num_frames, drift)
+    # consecutive keyframe backgrounds cross-fade
+    frames = np.round(keyframed(backgrounds, num_frames,
+                                drift)).astype(np.uint8)
     for i, c in enumerate(path):
-        frame = background.copy()
-        draw_shape(frame, shape, tuple(c), radius, color)
-        frames[i] = frame
+        draw_shape(frames[i], shape, tuple(c), radius[i],
+                   tuple(int(round(v)) for v in color[i]))
     return frames
 
 
@@ -153,7 +192,8 @@ def make_dataset(out: str,
                  size: int = 64,
                  num_frames: int = 64,
                  num_textures: int = 8,
-                 num_colours: int = 8) -> Dict[str, List[str]]:
+                 num_colours: int = 8,
+                 drift: int = 0) -> Dict[str, List[str]]:
     """Write the dataset; returns the annotation lines per split.
 
     Videos are assigned to classes round-robin, so every class has the same
@@ -174,11 +214,18 @@ def make_dataset(out: str,
         label = i % len(CLASSES)
         name = f'{split}/{CLASSES[label]}_{i:05d}.mp4'
         video_rng = np.random.default_rng(rng.integers(2**63))
-        background = pool[video_rng.integers(len(pool))] if pool else \
-            texture(video_rng, size)
-        color = palette_colour(video_rng, num_colours)
-        frames = render_video(video_rng, label, size, num_frames, background,
-                              color)
+        # keyframes of the nuisances: one set per video when static, else
+        # a new draw every ``drift`` frames (and one past the end)
+        num_keys = 1 if drift <= 0 else num_frames // drift + 2
+        backgrounds = np.stack([
+            pool[video_rng.integers(len(pool))] if pool else
+            texture(video_rng, size) for _ in range(num_keys)
+        ])
+        colors = np.array(
+            [palette_colour(video_rng, num_colours) for _ in range(num_keys)],
+            np.float32)
+        frames = render_video(video_rng, label, size, num_frames, backgrounds,
+                              colors, drift)
         write_mp4(osp.join(out, 'videos', name), frames)
         if i == 0:
             check_readable(osp.join(out, 'videos', name), num_frames)
@@ -207,6 +254,10 @@ def parse_args(argv=None):
     parser.add_argument(
         '--num-colours', type=int, default=8,
         help='object colour palette size (0: any colour)')
+    parser.add_argument(
+        '--drift', type=int, default=0,
+        help='frames between redraws of background, colour, size, path '
+        'and speed, interpolated in between (0: one draw per video)')
     return parser.parse_args(argv)
 
 
@@ -214,7 +265,7 @@ def main(argv=None):
     args = parse_args(argv)
     lines = make_dataset(args.out, args.num_videos, args.seed,
                          args.val_fraction, args.size, args.num_frames,
-                         args.num_textures, args.num_colours)
+                         args.num_textures, args.num_colours, args.drift)
     print(f"wrote {len(lines['train'])} train and {len(lines['val'])} val "
           f'videos of {len(CLASSES)} classes to {args.out}')
 
