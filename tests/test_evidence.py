@@ -162,6 +162,9 @@ def test_drift_cross_fades_the_background(tmp_path):
     vr = decord.VideoReader(str(tmp_path / 'd' / 'videos' / name))
     first, last = vr[0].asnumpy()[:4, :4], vr[23].asnumpy()[:4, :4]
     assert len(vr) == 24 and np.abs(first.astype(int) - last).mean() > 5
+    res = run_tool(SYNTH, '--out', tmp_path / 'e', '--drift', '-1',
+                   check=False)
+    assert res.returncode != 0 and '--drift must be' in res.stdout
 
 
 @pytest.fixture(scope='module')

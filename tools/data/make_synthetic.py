@@ -203,6 +203,9 @@ def make_dataset(out: str,
     if num_videos < 2 * len(CLASSES):
         raise ValueError(f'--num-videos must be at least {2 * len(CLASSES)} '
                          'so every class appears in train and val')
+    if drift < 0:
+        raise ValueError(f'--drift must be 0 (static) or a number of frames, '
+                         f'got {drift}')
     rng = np.random.default_rng(seed)
     pool = [texture(rng, size) for _ in range(max(num_textures, 0))]
     num_val = max(len(CLASSES), int(round(num_videos * val_fraction)))
@@ -263,9 +266,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    lines = make_dataset(args.out, args.num_videos, args.seed,
-                         args.val_fraction, args.size, args.num_frames,
-                         args.num_textures, args.num_colours, args.drift)
+    try:
+        lines = make_dataset(args.out, args.num_videos, args.seed,
+                             args.val_fraction, args.size, args.num_frames,
+                             args.num_textures, args.num_colours, args.drift)
+    except (ValueError, RuntimeError) as e:
+        # a bad argument or an unreadable video: the message, no traceback
+        raise SystemExit(f'make_synthetic.py: {e}')
     print(f"wrote {len(lines['train'])} train and {len(lines['val'])} val "
           f'videos of {len(CLASSES)} classes to {args.out}')
 
