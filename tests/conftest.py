@@ -1,3 +1,4 @@
+import importlib.util
 import logging
 import os
 import os.path as osp
@@ -45,6 +46,17 @@ def video_list(tmp_path, shared_videos):
     ann = tmp_path / 'videos.txt'
     ann.write_text(''.join(f'{osp.basename(v)} 0\n' for v in shared_videos))
     return str(ann)
+
+
+def load_tool(name):
+    """Import ``tools/<name>.py`` (e.g. ``'train'``, ``'data/make_synthetic'``)
+    as a module, to call its functions in-process."""
+    spec = importlib.util.spec_from_file_location(
+        'tool_' + name.replace('/', '_'), osp.join(ROOT, 'tools',
+                                                   f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_tool(*args, env=None, timeout=900, check=True):

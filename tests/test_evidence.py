@@ -1,6 +1,5 @@
 """Generated tempo dataset, kNN evaluation and its monitor hook."""
 import hashlib
-import importlib.util
 import os.path as osp
 import re
 
@@ -11,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvthcl.evaluation import knn_top1
-from .conftest import ROOT, run_tool
+from .conftest import ROOT, load_tool, run_tool
 
 SYNTH = osp.join(ROOT, 'tools', 'data', 'make_synthetic.py')
 
@@ -110,15 +109,8 @@ def test_class_is_motion_not_a_single_frame_colour(tmp_path):
         assert max(np.abs(means[0] - m).max() for m in means[1:]) > 5.0
 
 
-def load_generator():
-    spec = importlib.util.spec_from_file_location('make_synthetic', SYNTH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_keyframed_interpolates_like_np_interp():
-    gen = load_generator()
+    gen = load_tool('data/make_synthetic')
     keys = np.random.default_rng(0).uniform(size=(5, 2))
     got = gen.keyframed(keys, num_frames=13, drift=4)
     t = np.arange(13)
@@ -131,7 +123,7 @@ def test_keyframed_interpolates_like_np_interp():
 
 def test_drift_cross_fades_the_background(tmp_path):
     """Static: one background throughout; drift: keyframes and blends."""
-    gen = load_generator()
+    gen = load_tool('data/make_synthetic')
     rng = np.random.default_rng(0)
     size, drift, frames_n = 32, 4, 12
     backgrounds = np.stack([gen.texture(rng, size) for _ in range(5)])

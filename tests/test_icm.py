@@ -1,6 +1,5 @@
 """Instance Correspondence Map: computation, drawing, CLI and training hook."""
 import copy
-import importlib.util
 import os
 import os.path as osp
 import random
@@ -25,7 +24,7 @@ from mmvthcl.visualization import (ICMClips, ICMResult, compute_icm,
                                    icm_crop_size, icm_sampler, load_icm_clips,
                                    render_icm_animation, render_icm_grid,
                                    save_gif)
-from .conftest import ROOT, VIDEOS, run_tool, write_pretrain_config
+from .conftest import VIDEOS, load_tool, run_tool, write_pretrain_config
 
 DEPTHS = ('res3', 'res4', 'res5')
 
@@ -513,14 +512,6 @@ def test_hook_in_training_writes_icm_and_changes_nothing(trained):
         assert torch.equal(a[k], b[k]), k
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'visualize_icm', osp.join(ROOT, 'tools', 'visualize_icm.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_cli_png_without_checkpoint(tmp_path, cfg):
     out = tmp_path / 'sub' / 'icm.png'
@@ -549,7 +540,7 @@ def test_cli_gif_with_trained_checkpoint(tmp_path, trained):
 
 @pytest.mark.slow
 def test_cli_errors_name_the_file(tmp_path, cfg):
-    tool = _tool()
+    tool = load_tool('visualize_icm')
     video = osp.join(VIDEOS, 'test.mp4')
     out = str(tmp_path / 'x.png')
     bad_video = tmp_path / 'broken.mp4'

@@ -28,7 +28,7 @@ from mmvthcl.datasets import (BadVideoError, ResumableSampler,
                               probe_video_file)
 from mmvthcl.models import HierarchicalMemoryBank
 
-from .conftest import R18_CONFIG, ROOT, VIDEOS, run_tool
+from .conftest import R18_CONFIG, ROOT, VIDEOS, load_tool, run_tool
 
 R50_CONFIG = osp.join(ROOT, 'configs', 'vthcl_r50_k400.py')
 GOOD = ['demo.mp4', 'demo_skeleton.mp4', 'demo_spatiotemporal_det.mp4',
@@ -694,11 +694,7 @@ def _same(got, expected):
 
 
 def test_export_backbone_runs_nothing_from_the_checkpoint(evil, tmp_path):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'export_backbone', osp.join(ROOT, 'tools', 'export_backbone.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('export_backbone')
     out = tmp_path / 'out.pth'
     tool.main([evil['full'], str(out)])
     assert not evil['marker'].exists()
@@ -712,11 +708,7 @@ def test_export_backbone_runs_nothing_from_the_checkpoint(evil, tmp_path):
 
 def test_visualize_icm_runs_nothing_from_the_checkpoint(evil, tmp_path,
                                                         video_list):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'visualize_icm', osp.join(ROOT, 'tools', 'visualize_icm.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool('visualize_icm')
     cfg = write_tiny_config(
         tmp_path / 'cfg.py', video_list, helpers=False,
         extra="model['head']['num_negatives'] = 3")

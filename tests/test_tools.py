@@ -1,22 +1,13 @@
 """tools/train.py and tools/test.py turn arguments into the right config."""
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
 
-from .conftest import ROOT
+from .conftest import load_tool
 
 STOCK = ('mmaction::recognition/slowonly/'
          'slowonly_r50_8xb16-8x8x1-256e_kinetics400-rgb.py')
-
-
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ BN statistics are not the initial ones; the shipped configs under
 paths and sizes are changed for CPU runs).
 """
 import glob
-import importlib.util
 import os
 import os.path as osp
 import pickle
@@ -26,7 +25,7 @@ from mmaction.registry import MODELS
 from mmaction.structures import ActionDataSample
 from mmvthcl.models import VTHCLResNet3d, export_encoder
 
-from .conftest import R18_CONFIG, ROOT, VIDEOS, run_tool
+from .conftest import R18_CONFIG, ROOT, VIDEOS, load_tool, run_tool
 
 REC_DIR = osp.join(ROOT, 'configs', 'recognition')
 DET_DIR = osp.join(ROOT, 'configs', 'detection')
@@ -162,14 +161,6 @@ def test_export_fast_encoder_and_shared_encoder(pretrained, tmp_path):
          for k, v in shared.backbone.state_dict().items()})
 
 
-def _export_cli():
-    spec = importlib.util.spec_from_file_location(
-        'export_backbone', osp.join(ROOT, 'tools', 'export_backbone.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_export_cli_and_refusals(pretrained, tmp_path):
     # the CLI as a script: prints the count, creates the output directory
     out = tmp_path / 'new' / 'dir' / 'bb.pth'
@@ -194,7 +185,7 @@ def test_export_cli_and_refusals(pretrained, tmp_path):
     recognizer = MODELS.build(cfg.model)
     stock = str(tmp_path / 'recognizer.pth')
     torch.save(dict(meta=dict(), state_dict=recognizer.state_dict()), stock)
-    cli = _export_cli()
+    cli = load_tool('export_backbone')
     with pytest.raises(SystemExit) as exc:
         cli.main([stock, str(tmp_path / 'x.pth')])
     message = str(exc.value.code)  # sys.exit(message): stderr, status 1
