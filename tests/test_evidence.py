@@ -280,3 +280,20 @@ def test_ablation_variants_build(tmp_path):
         assert len(model.depths) == (1 if 'res5 only' in name else 3), name
         sampler = TRANSFORMS.build(cfg.train_dataloader.dataset.pipeline[1])
         assert sampler.alpha == (1 if 'α = 1' in name else 2), name
+
+
+def test_supervised_reference_matches_the_demo():
+    """The labelled reference trains as many steps as the demo, with the
+    demo's encoder, and is scored on the clip the demo's kNN uses (the two
+    configs spell these out separately, as MMAction2 configs do)."""
+    from mmengine.config import Config
+    demo = Config.fromfile(DEMO)
+    sup = Config.fromfile(osp.join(ROOT, 'configs', 'demo',
+                                   'supervised_tiny_synthetic.py'))
+    assert sup.train_cfg.max_epochs == demo.train_cfg.max_epochs
+    assert (sup.train_dataloader.batch_size ==
+            demo.train_dataloader.batch_size)
+    for key in ('depth', 'base_channels', 'with_pool1'):
+        assert sup.model.backbone[key] == demo.model.backbone[key], key
+    assert sup.val_pipeline[:-1] == demo.knn_pipeline[:-1]
+    assert sup.val_dataloader.dataset.pipeline == sup.val_pipeline
