@@ -1,25 +1,26 @@
 """Generate a labelled video dataset whose classes are defined by motion.
 
-Each video shows one shape moving over a static textured background. The
-class is (shape × motion pattern); every video also draws its own tempo
-(speed), phase, colour, size, path position and background texture, so the
-class cannot be read from a single frame's colour, and the same motion appears
-at many speeds: the situation visual-tempo contrast is meant for.
+Each video shows one shape moving over a textured background. The class is
+(shape × motion pattern); every video also draws its own tempo (speed), phase,
+colour, size, path position and background texture, so the class cannot be
+read from a single frame's colour, and the same motion appears at many
+speeds: the situation visual-tempo contrast is meant for.
 
-Backgrounds come from a pool of ``--num-textures`` random textures and colours
-from a palette of ``--num-colours`` hues (0 = a fresh one per video). With
-small pools no nuisance identifies a video by itself, so instance
-discrimination has to use the object too, as on real data where many videos
-share a scene type; with a unique texture per video, a contrastive model can
-tell videos apart by their background alone.
+By default these nuisances also drift within a video (``--drift 16``): every
+16 frames the background, object colour, size, path amplitude, path centre
+and speed are drawn again, and the frames in between interpolate (backgrounds
+cross-fade). Two moments of one video then share only the class, which is
+what VTHCL's positive, the other tempo's memory-bank entry written at another
+moment of the video in an earlier epoch, should carry. With ``--drift 0``
+each video keeps one draw throughout; the background and the colour then
+tell videos apart better than the class does, and instance discrimination
+learns them instead (README, "What the demo shows").
 
-With ``--drift F`` the nuisances are not constant within a video: every F
-frames the background, object colour, size, path amplitude, path centre and
-speed are drawn again, and the frames in between interpolate (backgrounds
-cross-fade). Two clips taken at different times of one video then share only
-the class (shape × motion), which is what a contrastive positive from another
-moment of the video (a memory-bank entry from an earlier epoch) would have to
-rely on.
+Backgrounds come from a pool of ``--num-textures`` random textures (0 = a
+fresh one per draw), all on mid grey; colours from a palette of
+``--num-colours`` hues (0 = any hue), all at one luma. Videos thus differ in
+pattern and hue but not in overall brightness or tint, which would dominate
+the pooled features of an untrained encoder and bury the object.
 
 Output, in MMAction2's ``VideoDataset`` layout::
 
@@ -46,7 +47,8 @@ CLASSES = tuple(f'{s}_{m}' for m in MOTIONS for s in SHAPES)
 
 
 def texture(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random static background: smooth noise plus oriented stripes."""
+    """A random background on mid grey: smooth colour noise plus oriented
+    stripes (no overall tint, see the module docstring)."""
     noise = rng.random((size // 8 + 1, size // 8 + 1, 3)).astype(np.float32)
     noise = cv2.resize(noise, (size, size), interpolation=cv2.INTER_CUBIC)
     yy, xx = np.mgrid[:size, :size].astype(np.float32)
@@ -54,9 +56,8 @@ def texture(rng: np.random.Generator, size: int) -> np.ndarray:
     freq = rng.uniform(0.1, 0.5)
     stripes = 0.5 + 0.5 * np.sin(freq * (np.cos(angle) * xx +
                                          np.sin(angle) * yy))
-    base = rng.uniform(0.3, 0.7, size=3).astype(np.float32)
     # low contrast: the moving object, not the texture, should dominate
-    img = 0.2 * noise + 0.15 * stripes[..., None] + 0.65 * base
+    img = 0.2 * noise + 0.15 * stripes[..., None] + 0.65 * 0.5
     return np.clip(img * 255, 0, 255).astype(np.uint8)
 
 
@@ -91,13 +92,23 @@ def trajectory(motion: str, theta: np.ndarray, amplitude: np.ndarray,
                      cy + amplitude * np.sin(theta)], 1)
 
 
+#: luma of every object and chroma radius of its colour (BT.601 YCbCr, 0-1):
+#: objects differ in hue only, and always stand 0.2 above the mid-grey
+#: background, so the shape's edges look the same whatever the colour
+OBJECT_LUMA, OBJECT_CHROMA = 0.7, 0.15
+
+
 def palette_colour(rng: np.random.Generator, num_colours: int) -> tuple:
-    """An RGB colour: one of ``num_colours`` hues, or any (0)."""
+    """An RGB colour of luma ``OBJECT_LUMA``: one of ``num_colours`` hues,
+    or any hue (0)."""
     if num_colours <= 0:
-        return tuple(int(c) for c in rng.integers(0, 256, size=3))
-    hue = int(rng.integers(num_colours)) * 180 // num_colours
-    hsv = np.array([[[hue, 200, 230]]], np.uint8)
-    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+        angle = rng.uniform(0, 2 * np.pi)
+    else:
+        angle = int(rng.integers(num_colours)) * 2 * np.pi / num_colours
+    cb, cr = OBJECT_CHROMA * np.cos(angle), OBJECT_CHROMA * np.sin(angle)
+    rgb = OBJECT_LUMA + np.array([1.402 * cr, -0.344136 * cb - 0.714136 * cr,
+                                  1.772 * cb])
+    return tuple(int(round(c)) for c in np.clip(rgb * 255, 0, 255))
 
 
 def keyframed(values: np.ndarray, num_frames: int, drift: int) -> np.ndarray:
@@ -190,10 +201,10 @@ def make_dataset(out: str,
                  seed: int = 0,
                  val_fraction: float = 1 / 3,
                  size: int = 64,
-                 num_frames: int = 64,
+                 num_frames: int = 128,
                  num_textures: int = 8,
                  num_colours: int = 8,
-                 drift: int = 0) -> Dict[str, List[str]]:
+                 drift: int = 16) -> Dict[str, List[str]]:
     """Write the dataset; returns the annotation lines per split.
 
     Videos are assigned to classes round-robin, so every class has the same
@@ -250,17 +261,18 @@ def parse_args(argv=None):
         '--val-fraction', type=float, default=1 / 3,
         help='share of the videos in the val split')
     parser.add_argument('--size', type=int, default=64, help='frame side')
-    parser.add_argument('--num-frames', type=int, default=64)
+    parser.add_argument('--num-frames', type=int, default=128)
     parser.add_argument(
         '--num-textures', type=int, default=8,
-        help='background texture pool size (0: a new texture per video)')
+        help='background texture pool size (0: a new texture per draw)')
     parser.add_argument(
         '--num-colours', type=int, default=8,
-        help='object colour palette size (0: any colour)')
+        help='object colour palette size (0: any hue)')
     parser.add_argument(
-        '--drift', type=int, default=0,
+        '--drift', type=int, default=16,
         help='frames between redraws of background, colour, size, path '
-        'and speed, interpolated in between (0: one draw per video)')
+        'and speed, interpolated in between (0: one draw per video); '
+        'default 16')
     return parser.parse_args(argv)
 
 
