@@ -3,8 +3,9 @@
 Checks the paper's two claims on the generated tempo dataset:
 
 - hierarchy helps: full VTHCL (res3 + res4 + res5) vs res5 only;
-- a tempo gap helps: α = 2 vs α = 1 (two crops of the same clip, same
-  tempo).
+- a tempo gap helps: α = 2 vs α = 1 (two views of the same clip, same
+  tempo; with the demo's flips-only augmentation they differ by a flip at
+  most, and the positive still comes from another moment of the video).
 
 Every variant pretrains with the demo config on the same generated videos
 and is scored by kNN top-1 of its slow encoder against the same
@@ -12,7 +13,7 @@ random-initialisation baseline. Prints a table and exits::
 
     python benchmarks/ablation.py --out demo_out/ablation
 
-Takes about 3 demo runs (~30 min on 2 CPU cores); ``--epochs`` shortens it.
+Takes about 3 demo runs (~18 min on 2 CPU cores); ``--epochs`` shortens it.
 """
 import argparse
 import os.path as osp
