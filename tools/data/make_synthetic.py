@@ -93,8 +93,8 @@ def trajectory(motion: str, theta: np.ndarray, amplitude: np.ndarray,
 
 
 #: luma of every object and chroma radius of its colour (BT.601 YCbCr, 0-1):
-#: objects differ in hue only, and always stand 0.2 above the mid-grey
-#: background, so the shape's edges look the same whatever the colour
+#: objects differ in hue only, and always stand 0.2 above the mean of the
+#: mid-grey background, so the shape's edges look the same whatever the colour
 OBJECT_LUMA, OBJECT_CHROMA = 0.7, 0.15
 
 
