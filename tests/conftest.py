@@ -88,7 +88,7 @@ DEFAULT_TRAIN_PIPELINE = """[
          alpha=2),
     dict(type='TempoPairDecode', clip_pipeline=clip_pipeline),
     dict(type='PackActionInputs', collect_keys=('imgs', 'imgs_fast'),
-         algorithm_keys=('sample_idx', )),
+         algorithm_keys=('sample_idx', 'color_params', 'color_params_fast')),
 ]"""
 
 
@@ -104,13 +104,15 @@ def write_pretrain_config(path, ann_file, data_root=VIDEOS, max_iters=2,
     """
     text = f"""
 _base_ = [{R18_CONFIG!r}]
+# the shipped configs' clip pipeline (lazy crop, deferred colour) at {crop}²
 clip_pipeline = [
-    dict(type='Resize', scale=(-1, {crop + crop // 7})),
-    dict(type='RandomResizedCrop', area_range=(0.2, 1.0)),
-    dict(type='Resize', scale=({crop}, {crop}), keep_ratio=False),
-    dict(type='Flip', flip_ratio=0.5),
-    dict(type='ClipColorJitter', p=0.8),
-    dict(type='ClipGrayscale', p=0.2),
+    dict(type='Resize', scale=(-1, {crop + crop // 7}), lazy=True),
+    dict(type='RandomResizedCrop', area_range=(0.2, 1.0), lazy=True),
+    dict(type='Resize', scale=({crop}, {crop}), keep_ratio=False, lazy=True),
+    dict(type='Flip', flip_ratio=0.5, lazy=True),
+    dict(type='Fuse'),
+    dict(type='ClipColorJitter', p=0.8, defer=True),
+    dict(type='ClipGrayscale', p=0.2, defer=True),
     dict(type='FormatShape', input_format='NCTHW'),
 ]
 train_dataloader = dict(

@@ -17,6 +17,7 @@ from mmaction.datasets.transforms import (DecordDecode, DecordInit,
                                           PyAVInit)
 from mmaction.registry import DATASETS
 from ..utils import preserved_rng
+from .transforms.clip_augment import check_color_records_are_packed
 from .video_checks import (BadVideoError, file_start, probe_video_file,
                            video_path)
 
@@ -116,6 +117,10 @@ class RobustVideoDataset(VideoDataset):
         self.max_retries = max_retries
         self.check_files = check_files
         super().__init__(ann_file, pipeline, **kwargs)
+        # a mistake here would train silently without colour augmentation
+        check_color_records_are_packed(
+            self.pipeline.transforms,
+            f'{type(self).__name__} pipeline (ann_file={ann_file})')
 
     # ------------------------------------------------------- annotations
     def load_data_list(self) -> List[dict]:

@@ -16,6 +16,7 @@ from mmengine.dataset import Compose
 
 from mmaction.registry import TRANSFORMS
 from ..video_checks import BadVideoError
+from .clip_augment import COLOR_PARAMS_KEY, deferred_color_keys
 
 
 @TRANSFORMS.register_module()
@@ -167,6 +168,8 @@ class TempoPairDecode(BaseTransform):
     Added Keys:
 
         - imgs, imgs_fast, img_shape, original_shape, decoded_frames
+        - color_params, color_params_fast (when a clip pipeline defers its
+          colour augmentation to ``ClipColorDataPreprocessor``)
 
     Args:
         clip_pipeline (list[dict], optional): Spatial augmentation applied to
@@ -192,6 +195,20 @@ class TempoPairDecode(BaseTransform):
         self.fast_pipeline = self._compose(
             fast_clip_pipeline if fast_clip_pipeline is not None else
             clip_pipeline)
+        # where each clip's deferred colour record goes (ClipColorJitter /
+        # ClipGrayscale with defer=True in its pipeline)
+        self._record_keys = {}
+        for clip, pipe, key in (
+                ('slow', self.slow_pipeline, COLOR_PARAMS_KEY),
+                ('fast', self.fast_pipeline, COLOR_PARAMS_KEY + '_fast')):
+            if pipe is not None and deferred_color_keys(
+                    pipe.transforms, f'TempoPairDecode ({clip} clip)'):
+                self._record_keys[clip] = key
+
+    @property
+    def deferred_color_keys(self) -> tuple:
+        """Keys of the deferred colour records this transform adds."""
+        return tuple(self._record_keys.values())
 
     @staticmethod
     def _compose(cfg: Optional[Sequence[dict]]) -> Optional[Compose]:
@@ -282,6 +299,9 @@ class TempoPairDecode(BaseTransform):
 
         results['imgs'] = slow_res['imgs']
         results['imgs_fast'] = fast_res['imgs']
+        for clip, res in (('slow', slow_res), ('fast', fast_res)):
+            if clip in self._record_keys:
+                results[self._record_keys[clip]] = res[COLOR_PARAMS_KEY]
         results['original_shape'] = slow[0].shape[:2]
         results['img_shape'] = slow_res['img_shape']
         results['clip_len'] = len(slow)

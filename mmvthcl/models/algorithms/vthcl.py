@@ -15,6 +15,7 @@ from mmengine.model import BaseModel
 
 from mmaction.registry import MODELS
 from mmaction.structures import ActionDataSample
+from ...datasets.transforms.clip_augment import COLOR_PARAMS_KEY
 from ..backbones.vthcl_resnet3d import depth_indices
 
 #: RGB 0-255 normalisation of MMAction2's Kinetics configs; keep it identical
@@ -24,11 +25,15 @@ IMG_NORM = dict(
 
 
 def default_data_preprocessor() -> dict:
-    """Normalise both clips like MMAction2's SlowOnly configs do."""
-    pre = dict(type='ActionDataPreprocessor', format_shape='NCTHW', **IMG_NORM)
+    """Normalise both clips like MMAction2's SlowOnly configs do, after the
+    colour augmentation the pipeline may have deferred to the device."""
+    pre = dict(
+        type='ClipColorDataPreprocessor', format_shape='NCTHW', **IMG_NORM)
     return dict(
         type='MultiModalDataPreprocessor',
-        preprocessors=dict(imgs=pre, imgs_fast=copy.deepcopy(pre)))
+        preprocessors=dict(
+            imgs=dict(pre, params_key=COLOR_PARAMS_KEY),
+            imgs_fast=dict(pre, params_key=COLOR_PARAMS_KEY + '_fast')))
 
 
 @MODELS.register_module()
@@ -166,12 +171,28 @@ class VTHCL(BaseModel):
                 "with PackActionInputs(..., algorithm_keys=('sample_idx',))")
         return torch.tensor(index, dtype=torch.long, device=device)
 
+    @staticmethod
+    def check_colors_applied(data_samples: Sequence[ActionDataSample]):
+        """Refuse records of deferred colour augmentation left unapplied.
+
+        ``ClipColorDataPreprocessor`` consumes them; a stock preprocessor
+        would ignore them and the run would train without colour jitter.
+        """
+        for key in (COLOR_PARAMS_KEY, COLOR_PARAMS_KEY + '_fast'):
+            if any(key in ds for ds in data_samples or ()):
+                raise ValueError(
+                    f'the data pipeline deferred colour augmentation '
+                    f'("{key}") but model.data_preprocessor did not apply '
+                    "it: use type='ClipColorDataPreprocessor' for both "
+                    "clips (VTHCL's default data_preprocessor does)")
+
     def loss(self, inputs: Dict[str, torch.Tensor],
              data_samples: Sequence[ActionDataSample]) -> dict:
         if 'imgs' not in inputs or 'imgs_fast' not in inputs:
             raise KeyError('VTHCL training needs both clips: inputs must '
                            "hold 'imgs' and 'imgs_fast' (see "
                            'TempoPairDecode)')
+        self.check_colors_applied(data_samples)
         emb = self.embed(inputs)
         index = self.sample_index(data_samples, inputs['imgs'].device)
         return self.head.loss(emb['slow'], emb['fast'], index)
