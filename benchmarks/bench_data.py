@@ -4,7 +4,10 @@ For every video, one unit of work is getting the slow (8×8) and the fast
 (16×4) clip of one window, augmented, ready to batch:
 
 - ``pair``: ``DecordInit`` → ``TempoPairSampleFrames`` → ``TempoPairDecode``
-  with the config's ``clip_pipeline`` (the VTHCL pipeline).
+  with the config's ``clip_pipeline`` (the VTHCL pipeline: lazy crop fused
+  into one resize, colour only drawn, applied later on the model's device).
+- ``pair-loader-colour``: ``pair`` with the crop unfused and the colour
+  applied in the loader (the shipped pipeline before both changes).
 - ``stock``: the stock MMAction2 way, once per clip: ``DecordInit`` →
   ``SampleFrames`` → ``DecordDecode`` → the same ``clip_pipeline``.
   ``SampleFrames`` runs (its cost counts) but its indices are replaced by the
@@ -17,12 +20,19 @@ Variants are interleaved, each repetition on a new random window that all
 variants share, with the augmentations reseeded identically. Targets:
 ``stock / pair`` ≥ 1.5 (clips/s speed-up) and ``pair / fast-decode`` ≤ 1.15.
 
+Last, the colour work that ``pair`` leaves to the model: the data
+preprocessor's ``apply_color_params`` on a batch of 8 pairs at the config's
+crop, on ``--device``, against ``ClipColorJitter`` + ``ClipGrayscale`` in the
+loader on the same clips and draws, and how many values differ between the
+two (rounding: a few in a million).
+
     python benchmarks/bench_data.py            # ~1-3 min
     python benchmarks/bench_data.py --quick    # ~20 s
 """
 import copy
 import os
 import os.path as osp
+import random
 import subprocess
 import sys
 import tempfile
@@ -31,7 +41,7 @@ import numpy as np
 
 from _common import (ROOT, VIDEOS, base_parser, dump_json, geomean,
                      interleaved, load, median, print_header, print_table,
-                     ratio, setup, verdict)
+                     ratio, setup, sync, verdict)
 
 SPEEDUP_TARGET = 1.5
 LIMIT_TARGET = 1.15
@@ -51,10 +61,80 @@ def reseed_transform():
     class ReseedClip(BaseTransform):
 
         def transform(self, results):
-            np.random.seed(_REP_SEED[0] * 1000 + len(results['imgs']))
+            seed = _REP_SEED[0] * 1000 + len(results['imgs'])
+            np.random.seed(seed)
+            random.seed(seed)  # RandomResizedCrop's offsets
             return results
 
     return ReseedClip()
+
+
+def in_loader(clip_pipeline):
+    """``clip_pipeline`` with eager crops and colour applied in the loader."""
+    out = []
+    for t in copy.deepcopy(list(clip_pipeline)):
+        if t['type'] == 'Fuse':
+            continue
+        t.pop('lazy', None)
+        t.pop('defer', None)
+        out.append(t)
+    return out
+
+
+def device_colour(clip_pipeline, device, reps):
+    """Colour of 8 pairs: the preprocessor's batched pass on ``device`` vs
+    the loader's transforms on the CPU; returns (device s, loader s, max
+    |difference|) per pair."""
+    import torch
+
+    from mmaction.registry import TRANSFORMS
+    from mmvthcl.datasets.transforms.clip_augment import (
+        COLOR_PARAMS_KEY, apply_color_params)
+    colour = [t for t in clip_pipeline if t['type'].startswith('Clip')]
+    deferred = [TRANSFORMS.build(dict(t, defer=True)) for t in colour]
+    eager = [TRANSFORMS.build(dict(t, defer=False)) for t in colour]
+    size = next(t['scale'][0] for t in reversed(list(clip_pipeline))
+                if t['type'] == 'Resize')
+    rng = np.random.default_rng(0)
+    clips = [rng.integers(0, 256, (n, size, size, 3), np.uint8)
+             for _ in range(8) for n in (8, 16)]
+
+    def run(transforms, clip, seed):
+        np.random.seed(seed)
+        res = dict(imgs=list(clip))
+        for t in transforms:
+            res = t(res)
+        return res
+
+    records = [run(deferred, c, i)[COLOR_PARAMS_KEY]
+               for i, c in enumerate(clips)]
+    batches = {}
+    for n in (8, 16):
+        idx = [i for i, c in enumerate(clips) if len(c) == n]
+        batches[n] = (torch.stack([
+            torch.from_numpy(clips[i]).permute(3, 0, 1, 2)[None]
+            for i in idx]).to(device), [records[i] for i in idx], idx)
+
+    def on_device():
+        return {n: apply_color_params(x.float(), r)
+                for n, (x, r, _) in batches.items()}
+
+    def in_the_loader():
+        return [run(eager, c, i) for i, c in enumerate(clips)]
+
+    t = interleaved({'device': on_device, 'loader': in_the_loader}, reps,
+                    device=device)
+    out, ref = on_device(), in_the_loader()
+    sync(device)
+    diffs = []
+    for n, (_, _, idx) in batches.items():
+        for j, i in enumerate(idx):
+            want = torch.from_numpy(np.stack(ref[i]['imgs'])).float()
+            got = out[n][j, 0].permute(1, 2, 3, 0).cpu()
+            diffs.append((got - want).abs().flatten())
+    diffs = torch.cat(diffs)
+    return (median(t['device']) / 8, median(t['loader']) / 8,
+            float(diffs.max()), float((diffs > 0).float().mean()), size)
 
 
 def parse_args(argv=None):
@@ -149,6 +229,11 @@ def main(argv=None):
     # registered, so they are put in after the pipelines are built)
     for compose in (pair_decode.slow_pipeline, pair_decode.fast_pipeline):
         compose.transforms.insert(0, reseed_transform())
+    pair_decode_before = build(
+        dict(type='TempoPairDecode', clip_pipeline=in_loader(clip_pipeline)))
+    for compose in (pair_decode_before.slow_pipeline,
+                    pair_decode_before.fast_pipeline):
+        compose.transforms.insert(0, reseed_transform())
     pair_decode_raw = build(dict(type='TempoPairDecode'))
     stock_sample = {
         'slow': build(dict(type='SampleFrames', clip_len=8,
@@ -193,6 +278,9 @@ def main(argv=None):
                                       windows[state['r']][0])
                 state['decoded'] = res['decoded_frames']
 
+            def pair_before():
+                pair_decode_before(pair_sample(init(base())))
+
             def pair_noaug():
                 pair_decode_raw(pair_sample(init(base())))
 
@@ -210,6 +298,7 @@ def main(argv=None):
             t = interleaved(
                 {
                     'pair': pair,
+                    'before': pair_before,
                     'stock': stock,
                     'fast': fast_decode,
                     'pair_noaug': pair_noaug
@@ -220,43 +309,64 @@ def main(argv=None):
                 before=before)
             speedup = ratio(t['stock'], t['pair'])
             over_limit = ratio(t['pair'], t['fast'])
+            before_limit = ratio(t['before'], t['fast'])
             decode_only = ratio(t['pair_noaug'], t['fast'])
             rows.append([
                 label, f'{shape[1]}x{shape[0]}', total,
                 median(t['pair']) * 1e3,
+                median(t['before']) * 1e3,
                 median(t['stock']) * 1e3,
                 median(t['fast']) * 1e3, 2 / median(t['pair']), speedup,
-                over_limit, decode_only
+                over_limit, before_limit, decode_only
             ])
             results.append(
                 dict(video=label, times={k: v for k, v in t.items()},
                      speedup=speedup, pair_over_fast=over_limit,
+                     before_over_fast=before_limit,
                      noaug_over_fast=decode_only,
                      decoded_frames=state.get('decoded')))
             print(f'  {label}: done (load {load()})', flush=True)
 
     print()
     print_table([
-        'video', 'WxH', 'frames', 'pair ms', 'stock ms', 'fast-decode ms',
-        'pair clips/s', 'stock/pair (≥1.5)', 'pair/fast-decode (≤1.15)',
+        'video', 'WxH', 'frames', 'pair ms', 'loader-colour ms', 'stock ms',
+        'fast-decode ms', 'pair clips/s', 'stock/pair (≥1.5)',
+        'pair/fast-decode (≤1.15)', 'loader-colour/fast-decode',
         'pair-noaug/fast-decode'
     ], rows)
     g_speed = geomean(r['speedup'] for r in results)
     g_limit = geomean(r['pair_over_fast'] for r in results)
+    g_before = geomean(r['before_over_fast'] for r in results)
     g_noaug = geomean(r['noaug_over_fast'] for r in results)
     worst_speed = min(r['speedup'] for r in results)
     worst_limit = max(r['pair_over_fast'] for r in results)
     print()
     print(f'geometric mean over {len(results)} videos: '
-          f'speed-up {g_speed:.2f}, pair/fast-decode {g_limit:.2f}, '
+          f'speed-up {g_speed:.2f}, pair/fast-decode {g_limit:.2f} '
+          f'(colour in the loader: {g_before:.2f}), '
           f'decoding alone {g_noaug:.2f}')
     print(f'speed-up target: {verdict(g_speed, SPEEDUP_TARGET, True)}, '
           f'worst video {worst_speed:.2f}')
     print(f'limit target: {verdict(g_limit, LIMIT_TARGET, False)}, '
           f'worst video {worst_limit:.2f}')
+    dev_s, loader_s, worst, frac, size = device_colour(
+        clip_pipeline, args.device, 3 if args.quick else 10)
+    print()
+    print_table(['colour of one pair (8 + 16 frames, '
+                 f'{size}²)', 'ms', 'x loader'], [
+                     ['ClipColorJitter + ClipGrayscale in the loader (CPU)',
+                      loader_s * 1e3, 1],
+                     [f'ClipColorDataPreprocessor on {args.device} '
+                      '(batch of 8 pairs)', dev_s * 1e3, dev_s / loader_s],
+                 ])
+    print(f'values that differ between the two: {frac:.2g} of them, by at '
+          f'most {worst:g} levels')
     info['load_after'] = load()
     print(f"load before/after: {info['load_before']} / {info['load_after']}")
-    dump_json(args.json, dict(machine=info, videos=results))
+    dump_json(args.json, dict(machine=info, videos=results,
+                              colour=dict(device_s=dev_s, loader_s=loader_s,
+                                          max_abs_diff=worst,
+                                          differing_fraction=frac)))
 
 
 if __name__ == '__main__':

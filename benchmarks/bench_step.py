@@ -11,12 +11,18 @@
 The ratio is the price of VTHCL's extras (projections, contrast, banks);
 target ≤ 1.15. Both run on the same fixed batch (uint8 clips, as the data
 loader hands them over; loading is measured by bench_data.py), interleaved.
+When the config's ``clip_pipeline`` defers its colour augmentation to the
+model (``defer=True``, the shipped configs), each VTHCL batch carries colour
+records drawn by those transforms, so the VTHCL step includes the colour
+work that stock MMAction2 pipelines do in the loader; ``--loader-colour``
+leaves it out.
 
     python benchmarks/bench_step.py                  # R18, batch 8, 112²
     python benchmarks/bench_step.py --quick          # ~20 s smoke run
     python benchmarks/bench_step.py --device cuda --depth 50
 """
 import copy
+import functools
 import os.path as osp
 
 import torch
@@ -44,6 +50,10 @@ def parse_args(argv=None):
     parser.add_argument('--per-sample-negatives', action='store_true')
     parser.add_argument('--reps', type=int, default=None,
                         help='timed repetitions (default 5, quick 2)')
+    parser.add_argument(
+        '--loader-colour', action='store_true',
+        help='no deferred colour records in the VTHCL batches (as with a '
+        'clip_pipeline that applies colour jitter in the loader)')
     args = parser.parse_args(argv)
     args.config = args.config or osp.join(ROOT, 'configs',
                                           f'vthcl_r{args.depth}_k400.py')
@@ -80,6 +90,31 @@ def clips(batch, t, crop, g):
         torch.randint(0, 256, (1, 3, t, crop, crop), generator=g,
                       dtype=torch.uint8) for _ in range(batch)
     ]
+
+
+@functools.lru_cache()
+def deferred_colour(config: str) -> tuple:
+    """The config's colour transforms that defer to the model, built."""
+    from mmengine.config import Config
+
+    from mmaction.registry import TRANSFORMS
+    return tuple(
+        TRANSFORMS.build(t) for t in Config.fromfile(config).clip_pipeline
+        if t['type'].startswith('Clip') and t.get('defer'))
+
+
+def colour_records(config: str, batch: int, seed: int) -> list:
+    """Per-clip colour records, drawn by the config's deferred colour
+    transforms as the loader would."""
+    import numpy as np
+    np.random.seed(seed)
+    records = []
+    for _ in range(batch):
+        res = dict(imgs=[])  # only the draws are made
+        for t in deferred_colour(config):
+            res = t(res)
+        records.append(res['color_params'])
+    return records
 
 
 def build_models(args, device):
@@ -120,13 +155,26 @@ def main(argv=None):
     labels = torch.randint(400, (args.batch, ), generator=g)
     step = {}
 
+    with_colour = not args.loader_colour and bool(
+        deferred_colour(args.config))
+    print('colour jitter + grayscale: ' + (
+        'in the VTHCL step (the config defers it to the data preprocessor)'
+        if with_colour else 'not timed (done by the loader)'))
+
     def vthcl_batch(r):
         # distinct dataset indices per step, as an epoch's sampler gives
         g_idx = torch.Generator().manual_seed(args.seed + r)
         idx = torch.randperm(args.num_samples, generator=g_idx)[:args.batch]
+        samples = [ActionDataSample(sample_idx=int(i)) for i in idx]
+        if with_colour:  # the preprocessor consumes them: new every step
+            for suffix, seed in (('', 2 * r), ('_fast', 2 * r + 1)):
+                recs = colour_records(args.config, args.batch,
+                                      args.seed + seed)
+                for ds, rec in zip(samples, recs):
+                    ds.set_field(rec, 'color_params' + suffix)
         return dict(
             inputs=dict(imgs=list(slow), imgs_fast=list(fast)),
-            data_samples=[ActionDataSample(sample_idx=int(i)) for i in idx])
+            data_samples=samples)
 
     def stock_batch(imgs):
         samples = []
