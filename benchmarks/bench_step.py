@@ -117,6 +117,20 @@ def colour_records(config: str, batch: int, seed: int) -> list:
     return records
 
 
+def count_syncs(fn) -> int:
+    """Synchronising CUDA calls made by ``fn`` (torch's sync debug mode)."""
+    import warnings
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode('default')
+    return sum('synchroniz' in str(w.message) for w in caught)
+
+
 def build_models(args, device):
     from mmaction.registry import MODELS
     torch.manual_seed(args.seed)
@@ -184,8 +198,11 @@ def main(argv=None):
             samples.append(ds)
         return dict(inputs=list(imgs), data_samples=samples)
 
+    def vthcl_step_with(batch):
+        models['vthcl'].train_step(batch, optims['vthcl'])
+
     def vthcl():
-        models['vthcl'].train_step(step['batch'], optims['vthcl'])
+        vthcl_step_with(step['batch'])
 
     def stock():
         models['slow'].train_step(stock_batch(slow), optims['slow'])
@@ -212,6 +229,10 @@ def main(argv=None):
         print(f'max GPU memory allocated: '
               f'{torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB '
               '(both kinds of model together)')
+        print('host-device syncs in one step (each stops the CPU from '
+              'queueing kernels ahead): VTHCL '
+              f'{count_syncs(lambda: vthcl_step_with(vthcl_batch(99)))}, '
+              f'stock x2 {count_syncs(stock)}')
     info['load_after'] = load()
     print(f"load before/after: {info['load_before']} / {info['load_after']}")
     dump_json(args.json, dict(machine=info, times=t, ratio=r,

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from mmvthcl.models import HierarchicalContrastiveHead, HierarchicalMemoryBank
 from mmvthcl.models.heads.hierarchical_contrastive_head import info_nce
-from mmvthcl.models.memories.hierarchical_memory_bank import last_occurrence
+from mmvthcl.models.memories.hierarchical_memory_bank import (
+    last_copy, last_occurrence)
 
 DEPTHS = ('res3', 'res4', 'res5')
 
@@ -132,6 +133,34 @@ def test_duplicate_indices_keep_the_last_copy():
     mem.update(torch.tensor([1, 1, 2]), {('res5', 'slow'): feats,
                                          ('res5', 'fast'): feats})
     assert torch.allclose(mem.bank('res5', 'slow')[1], feats[1])
+
+
+def test_last_copy_equals_an_explicit_search():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 7, 64):
+        idx = torch.randint(0, max(1, n // 2), (n, ), generator=g)
+        want = [max(j for j in range(n) if idx[j] == idx[i])
+                for i in range(n)]
+        assert last_copy(idx).tolist() == want
+
+
+def test_steps_follow_updates_writes_and_checkpoints():
+    mem = HierarchicalMemoryBank(depths=('res5', ), num_samples=10,
+                                 feat_dim=4)
+    feats = unit(2, 4)
+    for _ in range(3):
+        mem.update(torch.tensor([0, 1]), {('res5', 'slow'): feats,
+                                          ('res5', 'fast'): feats})
+    assert mem.steps_taken() == int(mem.num_updates) == 3
+    mem.num_updates.fill_(7)  # a write outside update()
+    assert mem.steps_taken() == 7
+    other = HierarchicalMemoryBank(depths=('res5', ), num_samples=10,
+                                   feat_dim=4)
+    assert other.steps_taken() == 0
+    other.load_state_dict(mem.state_dict())
+    assert other.steps_taken() == 7
+    assert torch.equal(other.sample_negatives((5, )),
+                       mem.sample_negatives((5, )))
 
 
 def test_banks_start_as_random_unit_vectors_reproducibly():

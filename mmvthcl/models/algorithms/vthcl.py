@@ -169,7 +169,10 @@ class VTHCL(BaseModel):
             raise KeyError(
                 'VTHCL needs each sample\'s dataset index: end the pipeline '
                 "with PackActionInputs(..., algorithm_keys=('sample_idx',))")
-        return torch.tensor(index, dtype=torch.long, device=device)
+        # made on the host and copied without waiting: a blocking copy
+        # would wait for every kernel queued before it
+        return torch.tensor(index, dtype=torch.long).to(
+            device, non_blocking=True)
 
     @staticmethod
     def check_colors_applied(data_samples: Sequence[ActionDataSample]):
@@ -193,8 +196,8 @@ class VTHCL(BaseModel):
                            "hold 'imgs' and 'imgs_fast' (see "
                            'TempoPairDecode)')
         self.check_colors_applied(data_samples)
-        emb = self.embed(inputs)
         index = self.sample_index(data_samples, inputs['imgs'].device)
+        emb = self.embed(inputs)
         return self.head.loss(emb['slow'], emb['fast'], index)
 
     def forward(self,

@@ -331,22 +331,28 @@ class HierarchicalContrastiveHead(BaseModule):
                 return self.memory.fetch(index, negatives, keys=[key])[key]
             return rows.pop(key)
 
-        losses = {}
+        losses, directions = {}, {}
         for d, w in zip(self.depths, self.loss_weights):
             # slow queries the fast bank; fast queries the slow bank
             l_sf, a_sf = info_nce(slow[d], *bank_rows((d, 'fast')),
                                   self.temperature)
             l_fs, a_fs = info_nce(fast[d], *bank_rows((d, 'slow')),
                                   self.temperature)
-            loss = w * (l_sf + l_fs)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f'loss_{d} is {loss.item()} (depth {d}: slow→fast '
-                    f'{l_sf.item()}, fast→slow {l_fs.item()}); lower the '
-                    'learning rate or check the input clips')
-            losses[f'loss_{d}'] = loss
+            losses[f'loss_{d}'] = w * (l_sf + l_fs)
             losses[f'acc_{d}'] = (a_sf + a_fs) / 2
             losses[f'cos_{d}'] = mean_pairwise_cosine(slow[d])
+            directions[d] = (l_sf, l_fs)
+        # one check for all depths (each read of a GPU value waits for the
+        # queued kernels), before a non-finite step reaches the banks
+        if not torch.isfinite(
+                torch.stack([losses[f'loss_{d}'] for d in self.depths])).all():
+            d = next(d for d in self.depths
+                     if not torch.isfinite(losses[f'loss_{d}']))
+            l_sf, l_fs = directions[d]
+            raise FloatingPointError(
+                f'loss_{d} is {losses[f"loss_{d}"].item()} (depth {d}: '
+                f'slow→fast {l_sf.item()}, fast→slow {l_fs.item()}); lower '
+                'the learning rate or check the input clips')
         self.memory.update(index, {
             **{(d, 'slow'): v
                for d, v in slow.items()},

@@ -94,6 +94,26 @@ def last_occurrence(idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return uniq, last
 
 
+def last_copy(idx: torch.Tensor) -> torch.Tensor:
+    """For each position of ``idx``, the position of its value's last copy.
+
+    Like :func:`last_occurrence` but without a data-dependent output size,
+    so it runs on a GPU without waiting for it: a stable sort groups equal
+    values in position order, and each run's end is found with a cumulative
+    minimum.
+    """
+    b = idx.numel()
+    sorted_idx, order = torch.sort(idx, stable=True)
+    ends = torch.ones(b, dtype=torch.bool, device=idx.device)
+    ends[:-1] = sorted_idx[1:] != sorted_idx[:-1]
+    pos = torch.arange(b, device=idx.device)
+    # for sorted position j, the first run end at or after j
+    run_end = torch.where(ends, pos, b).flip(0).cummin(0).values.flip(0)
+    out = torch.empty_like(order)
+    out[order] = order[run_end]
+    return out
+
+
 @MODELS.register_module()
 class HierarchicalMemoryBank(BaseModule):
     """Unit-norm feature banks keyed by dataset index, per depth and tempo.
@@ -146,6 +166,10 @@ class HierarchicalMemoryBank(BaseModule):
         self.row_offset = 0  # first global row held here (sharded mode)
         # steps taken; seeds the negatives, so it travels in checkpoints
         self.register_buffer('num_updates', torch.zeros((), dtype=torch.long))
+        # its value on the host, so that a step does not wait for the GPU to
+        # read it; keyed by the buffer's identity and version, which any
+        # other write (loading a checkpoint, .to(), +=) changes
+        self._num_updates_host = (None, 0)
         for key in self.bank_names():
             # sharded slices differ per rank: they are saved whole by
             # MemoryBankHook, never through the (rank-0) state dict
@@ -227,15 +251,30 @@ class HierarchicalMemoryBank(BaseModule):
                 'from the training set')
 
     # ------------------------------------------------------------ reading
+    def _num_updates_key(self) -> tuple:
+        buf = self.num_updates
+        return (buf.data_ptr(), buf.device, buf._version)
+
+    def steps_taken(self) -> int:
+        """``num_updates`` as an int, read from the device only after a
+        write other than :meth:`update`'s (a GPU read waits for every
+        queued kernel)."""
+        key, value = self._num_updates_host
+        if key != self._num_updates_key():
+            value = int(self.num_updates)
+            self._num_updates_host = (self._num_updates_key(), value)
+        return value
+
     def sample_negatives(self, shape: Iterable[int],
                          device=None) -> torch.Tensor:
         """Random dataset indices, identical on every rank for a step."""
         self._check_sized()
         g = torch.Generator().manual_seed(self.seed * 1000003 +
-                                          int(self.num_updates))
+                                          self.steps_taken())
         idx = torch.randint(self.num_samples, tuple(shape), generator=g)
+        # without waiting for the queued kernels (a fresh host tensor)
         return idx.to(device if device is not None else
-                      self.num_updates.device)
+                      self.num_updates.device, non_blocking=True)
 
     def fetch(self,
               index: torch.Tensor,
@@ -309,20 +348,24 @@ class HierarchicalMemoryBank(BaseModule):
         stacked = torch.stack([feats[k].detach() for k in self.keys], dim=1)
         index = all_gather_rows(index)
         stacked = all_gather_rows(stacked)
-        uniq, last = last_occurrence(index)
-        stacked = stacked[last]
         lo, hi = self.shard_range()
         if self.sharded:
+            uniq, last = last_occurrence(index)
             mine = (uniq >= lo) & (uniq < hi)
-            uniq, stacked = uniq[mine], stacked[mine]
-        rows = uniq - lo
+            rows, stacked = uniq[mine] - lo, stacked[last][mine]
+        else:
+            # duplicates all write the last copy's row: deterministic, and
+            # no sync (torch.unique and masks wait for the GPU)
+            rows, stacked = index, stacked[last_copy(index)]
         beta = self.momentum
         for i, (d, t) in enumerate(self.keys):
             bank = self.bank(d, t)
             mixed = beta * bank.index_select(0, rows) + (
                 1 - beta) * stacked[:, i].to(bank.dtype)
             bank.index_copy_(0, rows, F.normalize(mixed, dim=1))
+        steps = self.steps_taken()
         self.num_updates += 1
+        self._num_updates_host = (self._num_updates_key(), steps + 1)
 
     # -------------------------------------------------------- checkpoints
     def full_banks(self, chunk_rows: int = 65536) -> Dict[str, torch.Tensor]:
