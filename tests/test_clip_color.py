@@ -90,6 +90,22 @@ def test_deferred_jitter_equals_the_loaders(hue):
     assert 0 < seen_off < 30
 
 
+def test_hue_paths_for_cpu_and_gpu_give_the_same_batch():
+    """The batch as a CPU processes it (OpenCV per clip) and as a GPU does
+    (tensor operations on all clips needing a hue shift at once)."""
+    rng = np.random.default_rng(4)
+    clips = torch.stack([to_tensor(random_clip(rng))[None]
+                         for _ in range(8)])
+    records = [run_transforms([ClipColorJitter(hue=0.5, defer=True),
+                               ClipGrayscale(p=0.3, defer=True)],
+                              np.zeros((1, 1, 1, 3), np.uint8),
+                              seed)[COLOR_PARAMS_KEY] for seed in range(8)]
+    assert sum(r[0] > 0 for r in records) >= 4  # several hue shifts
+    cpu = apply_color_params(clips, records, opencv_hue=True)
+    gpu = apply_color_params(clips, records, opencv_hue=False)
+    assert torch.equal(cpu, gpu)
+
+
 def test_deferred_jitter_of_a_batch_equals_each_clip_alone():
     rng = np.random.default_rng(1)
     clips, records = [], []

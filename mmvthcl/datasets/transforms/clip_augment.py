@@ -472,7 +472,8 @@ def _frame_means(x: torch.Tensor) -> np.ndarray:
 
 
 def apply_color_params(clips: torch.Tensor,
-                       records: Sequence) -> torch.Tensor:
+                       records: Sequence,
+                       opencv_hue: Optional[bool] = None) -> torch.Tensor:
     """Apply deferred :class:`ClipColorJitter` / :class:`ClipGrayscale`.
 
     Brightness, contrast and saturation are linear, so the operations before
@@ -488,6 +489,10 @@ def apply_color_params(clips: torch.Tensor,
             (or a stack of clips sharing the record) per sample; float.
         records (Sequence): B records from ``results['color_params']``
             (arrays of 10 numbers), or a (B, 10) array.
+        opencv_hue (bool, optional): Shift hues with OpenCV clip by clip
+            (fast on a CPU) rather than with tensor operations on the whole
+            batch (few launches on a GPU); both give the same bytes.
+            Defaults to None: OpenCV for CPU tensors.
 
     Returns:
         Tensor: the augmented clips (integers 0-255 as ``clips.dtype``).
@@ -520,8 +525,10 @@ def apply_color_params(clips: torch.Tensor,
         if hue.any():
             rows = np.flatnonzero(hue)
             offset = np.trunc(records[:, 4] * 255)  # int(), as MMAction2
-            if x.device.type == 'cpu':
-                for i in rows:  # OpenCV, one clip at a time
+            if opencv_hue is None:
+                opencv_hue = x.device.type == 'cpu'
+            if opencv_hue:
+                for i in rows:  # one clip at a time
                     x[i] = _shift_hue_cpu(x[i], int(offset[i]))
             else:  # all clips in one go: a few dozen kernel launches
                 sel = torch.as_tensor(rows, device=x.device)
