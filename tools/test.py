@@ -11,7 +11,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from mmaction.registry import RUNNERS
-from mmvthcl.compat import adapt_config_for_device
+from mmvthcl.compat import adapt_config_for_device, release_process_group
 
 
 def parse_args(argv=None):
@@ -70,6 +70,7 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     runner.test()
+    release_process_group()
 
 
 if __name__ == '__main__':

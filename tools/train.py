@@ -12,7 +12,7 @@ from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from mmaction.registry import RUNNERS
-from mmvthcl.compat import adapt_config_for_device
+from mmvthcl.compat import adapt_config_for_device, release_process_group
 
 
 def parse_args(argv=None):
@@ -108,6 +108,7 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     runner.train()
+    release_process_group()
 
 
 if __name__ == '__main__':

@@ -16,10 +16,11 @@ frame-by-frame code.
 
 With ``defer=True`` both transforms only draw their random parameters (the
 same draws, in the same order) and record them in ``results['color_params']``;
-:func:`apply_color_params` applies the record to a batch of clips on the
-model's device (``ClipColorDataPreprocessor`` calls it), with the same
-arithmetic as here: OpenCV's 8-bit HSV and grey conversions are reproduced in
-integer arithmetic. The loader then does no colour work at all.
+:func:`apply_color_params` applies the records to a batch of clips on the
+model's device (``ClipColorDataPreprocessor`` calls it) and gives the same
+clips up to rounding: brightness, contrast and saturation are composed into
+one colour map, and OpenCV's 8-bit HSV and grey conversions are reproduced
+exactly in tensor arithmetic. The loader then does no colour work at all.
 """
 from typing import Dict, Optional, Sequence
 
