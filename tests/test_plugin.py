@@ -10,7 +10,7 @@ from mmaction.registry import HOOKS, MODELS, TRANSFORMS
 
 REGISTERED = {
     MODELS: ['VTHCL', 'VTHCLResNet3d', 'HierarchicalContrastiveHead',
-             'HierarchicalMemoryBank'],
+             'HierarchicalMemoryBank', 'ClipColorDataPreprocessor'],
     TRANSFORMS: ['TempoPairSampleFrames', 'TempoPairDecode',
                  'ClipColorJitter', 'ClipGrayscale'],
     HOOKS: ['MemoryBankHook'],
