@@ -82,6 +82,41 @@ def test_generator_layout_balance_and_determinism(tmp_path):
         tmp_path / 'c' / 'videos' / name)
 
 
+def test_demo_regenerates_its_dataset_when_generator_or_settings_change(
+        tmp_path, monkeypatch):
+    """An earlier `make demo` left OUT/data; a newer generator (or other
+    settings) must not silently reuse it. A --data directory is the user's:
+    used as it is."""
+    import json
+
+    demo = load_tool('demo')
+    generated = []
+    real_run = demo.run
+
+    def run(cmd, log=None):
+        generated.append(cmd)
+        return real_run(cmd, log)
+
+    monkeypatch.setattr(demo, 'run', run)
+    data = str(tmp_path / 'data')
+    small = ['--num-videos', '18', '--size', '32', '--num-frames', '8']
+    demo.prepare_dataset(data, small, own=True)
+    assert len(generated) == 1
+    demo.prepare_dataset(data, small, own=True)  # up to date: reused
+    assert len(generated) == 1
+    demo.prepare_dataset(data, small + ['--seed', '1'], own=True)
+    assert len(generated) == 2  # other settings
+    manifest = tmp_path / 'data' / 'generator.json'
+    old = json.loads(manifest.read_text())
+    old['generator_sha256'] = '0' * 64  # made by another generator
+    manifest.write_text(json.dumps(old))
+    demo.prepare_dataset(data, small + ['--seed', '1'], own=True)
+    assert len(generated) == 3
+    manifest.write_text(json.dumps(old))
+    demo.prepare_dataset(data, small + ['--seed', '1'], own=False)
+    assert len(generated) == 3  # the user's directory: as it is
+
+
 def test_generator_refuses_a_size_decord_cannot_read(tmp_path):
     res = run_tool(SYNTH, '--out', tmp_path, '--num-videos', '18', '--size',
                    '48', '--num-frames', '8', check=False)

@@ -13,6 +13,7 @@ of them can be repeated by hand. ``make demo`` runs this script.
 """
 import argparse
 import glob
+import importlib.util
 import os
 import os.path as osp
 import re
@@ -29,8 +30,10 @@ def parse_args(argv=None):
     parser.add_argument('--out', default='demo_out',
                         help='where the run, the ICM image and the data go')
     parser.add_argument('--data', default=None,
-                        help='dataset directory (default: OUT/data); '
-                        'generated unless it already holds train.txt')
+                        help='dataset directory, used as it is if it holds '
+                        'train.txt, else generated (default: OUT/data, '
+                        'generated again when an earlier run made it with '
+                        'another generator or other --num-videos/--seed)')
     parser.add_argument('--num-videos', type=int, default=600)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--epochs', type=int, default=None,
@@ -62,6 +65,40 @@ def run(cmd, log=None):
     return proc.stdout
 
 
+def generator():
+    """tools/data/make_synthetic.py as a module."""
+    path = osp.join(ROOT, 'tools', 'data', 'make_synthetic.py')
+    spec = importlib.util.spec_from_file_location('make_synthetic', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def prepare_dataset(data: str, gen_args: list, own: bool) -> None:
+    """Generate the dataset unless ``data`` already holds it.
+
+    The demo's own directory (``own``) is generated again when its
+    manifest does not match the generator and ``gen_args`` (an earlier run
+    of another version would otherwise be reused silently); a directory the
+    user gave is used as it is once it holds train.txt.
+    """
+    has_lists = osp.isfile(osp.join(data, 'train.txt'))
+    if own:
+        gen = generator()
+        params = vars(gen.parse_args(['--out', data] + gen_args))
+        params.pop('out')
+        if gen.dataset_matches(data, **params):
+            print(f'using the dataset in {data}')
+            return
+        if has_lists:
+            print(f'{data} was made by another version of the generator or '
+                  'with other settings: generating it again')
+    elif has_lists:
+        print(f'using the dataset in {data}')
+        return
+    run(['tools/data/make_synthetic.py', '--out', data] + gen_args)
+
+
 def knn_top1(output: str) -> float:
     match = re.search(r'knn_top1: ([0-9.]+)\s*$', output)
     if match is None:
@@ -77,11 +114,8 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     start = time.time()
 
-    if not osp.isfile(osp.join(data, 'train.txt')):
-        run(['tools/data/make_synthetic.py', '--out', data, '--num-videos',
-             args.num_videos, '--seed', args.seed])
-    else:
-        print(f'using the dataset in {data}')
+    prepare_dataset(data, ['--num-videos', str(args.num_videos), '--seed',
+                           str(args.seed)], own=args.data is None)
     train_ann, val_ann = (osp.join(data, f'{s}.txt') for s in ('train', 'val'))
     videos = osp.join(data, 'videos')
     knn_args = ['--train-ann', train_ann, '--val-ann', val_ann,

@@ -27,6 +27,8 @@ Output, in MMAction2's ``VideoDataset`` layout::
     DIR/videos/{train,val}/<class>_<n>.mp4
     DIR/train.txt, DIR/val.txt        # "<train|val>/<file>.mp4 <label>"
     DIR/classes.txt                   # one class name per line
+    DIR/generator.json                # this script's hash and arguments,
+                                      # written last (see dataset_matches)
 
 Example::
 
@@ -34,6 +36,8 @@ Example::
         --num-videos 600 --seed 0
 """
 import argparse
+import hashlib
+import json
 import os
 import os.path as osp
 from typing import Dict, List, Tuple
@@ -217,6 +221,10 @@ def make_dataset(out: str,
     if drift < 0:
         raise ValueError(f'--drift must be 0 (static) or a number of frames, '
                          f'got {drift}')
+    # a manifest left from an earlier run would vouch for half-replaced
+    # videos if this one is interrupted
+    if osp.exists(osp.join(out, MANIFEST)):
+        os.remove(osp.join(out, MANIFEST))
     rng = np.random.default_rng(seed)
     pool = [texture(rng, size) for _ in range(max(num_textures, 0))]
     num_val = max(len(CLASSES), int(round(num_videos * val_fraction)))
@@ -249,7 +257,35 @@ def make_dataset(out: str,
             f.write('\n'.join(split_lines) + '\n')
     with open(osp.join(out, 'classes.txt'), 'w') as f:
         f.write('\n'.join(CLASSES) + '\n')
+    with open(osp.join(out, MANIFEST), 'w') as f:
+        json.dump(manifest(num_videos=num_videos, seed=seed,
+                           val_fraction=val_fraction, size=size,
+                           num_frames=num_frames, num_textures=num_textures,
+                           num_colours=num_colours, drift=drift), f,
+                  indent=1)
     return lines
+
+
+MANIFEST = 'generator.json'
+
+
+def manifest(**params) -> dict:
+    """What identifies a generated dataset: this file's content (any change
+    to the generator may change the videos) and the arguments."""
+    with open(__file__, 'rb') as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return dict(generator_sha256=digest, args=params)
+
+
+def dataset_matches(out: str, **params) -> bool:
+    """Whether ``out`` holds a complete dataset made by this generator with
+    these arguments (the manifest is written last, so an interrupted run
+    never matches)."""
+    try:
+        with open(osp.join(out, MANIFEST)) as f:
+            return json.load(f) == manifest(**params)
+    except (OSError, ValueError):
+        return False
 
 
 def parse_args(argv=None):
