@@ -16,6 +16,7 @@ random-initialisation baseline. Prints a table and exits::
 Takes about 3 demo runs (~18 min on 2 CPU cores); ``--epochs`` shortens it.
 """
 import argparse
+import importlib.util
 import os.path as osp
 import re
 import subprocess
@@ -42,10 +43,24 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def load_demo():
+    """tools/demo.py as a module."""
+    spec = importlib.util.spec_from_file_location(
+        'demo', osp.join(ROOT, 'tools', 'demo.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = osp.abspath(args.out)
     data = osp.join(out, 'data')
+    # generated once for all variants, again if an earlier run's videos
+    # came from another generator or other settings
+    demo = load_demo()
+    demo.prepare_dataset(data, ['--num-videos', str(args.num_videos),
+                                '--seed', str(args.seed)], own=True)
     rows = []
     for i, (name, options) in enumerate(VARIANTS.items()):
         cmd = [sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--out',

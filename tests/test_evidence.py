@@ -115,6 +115,20 @@ def test_demo_regenerates_its_dataset_when_generator_or_settings_change(
     manifest.write_text(json.dumps(old))
     demo.prepare_dataset(data, small + ['--seed', '1'], own=False)
     assert len(generated) == 3  # the user's directory: as it is
+    # main() treats a --data directory holding the manifest as generated
+    monkeypatch.setattr(demo, 'knn_top1', lambda out: 0.0)
+
+    def stop_after_data(cmd, log=None):
+        generated.append(cmd)
+        if 'make_synthetic' not in cmd[0]:
+            raise SystemExit('stop')
+        return real_run(cmd, log)
+
+    monkeypatch.setattr(demo, 'run', stop_after_data)
+    with pytest.raises(SystemExit, match='stop'):
+        demo.main(['--out', str(tmp_path / 'out'), '--data', data,
+                   '--num-videos', '18', '--seed', '1'])
+    assert 'make_synthetic' in generated[3][0]
 
 
 def test_generator_refuses_a_size_decord_cannot_read(tmp_path):

@@ -30,10 +30,11 @@ def parse_args(argv=None):
     parser.add_argument('--out', default='demo_out',
                         help='where the run, the ICM image and the data go')
     parser.add_argument('--data', default=None,
-                        help='dataset directory, used as it is if it holds '
-                        'train.txt, else generated (default: OUT/data, '
-                        'generated again when an earlier run made it with '
-                        'another generator or other --num-videos/--seed)')
+                        help='dataset directory (default: OUT/data); '
+                        'generated if it lacks train.txt, and generated '
+                        'again if the generator made it (generator.json) '
+                        'in another version or with other --num-videos/'
+                        '--seed; otherwise used as it is')
     parser.add_argument('--num-videos', type=int, default=600)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--epochs', type=int, default=None,
@@ -114,8 +115,11 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     start = time.time()
 
+    # a directory the generator made (it holds its manifest) is the demo's
+    # to regenerate, even when given with --data (benchmarks/ablation.py)
+    own = args.data is None or osp.isfile(osp.join(data, 'generator.json'))
     prepare_dataset(data, ['--num-videos', str(args.num_videos), '--seed',
-                           str(args.seed)], own=args.data is None)
+                           str(args.seed)], own=own)
     train_ann, val_ann = (osp.join(data, f'{s}.txt') for s in ('train', 'val'))
     videos = osp.join(data, 'videos')
     knn_args = ['--train-ann', train_ann, '--val-ann', val_ann,
