@@ -119,8 +119,9 @@ def _shift_hue_u8(rgb: np.ndarray, offset: int,
 
 
 #: ``results`` key (and data-sample field) of a clip's deferred colour
-#: augmentation; the fast clip of a tempo pair uses ``color_params_fast``.
+#: augmentation, and the one of the fast clip of a tempo pair
 COLOR_PARAMS_KEY = 'color_params'
+COLOR_PARAMS_FAST_KEY = COLOR_PARAMS_KEY + '_fast'
 # A record is 10 float64 numbers: jitter on (0/1), the brightness, contrast,
 # saturation and hue factors, the order of the four operations (ids as in
 # MMAction2's ColorJitter: 0 brightness, 1 contrast, 2 saturation, 3 hue) and
@@ -260,12 +261,9 @@ class ClipColorJitter(ColorJitter):
                 clip *= b
             elif fn_id == 1:
                 # contrast pivots around each frame's mean grey, as stock
-                # does: c·x + (1 − c)·mean. The mean is summed in float64,
-                # so that it does not depend on the summation order and the
-                # deferred path (torch) finds the same float32 value.
+                # does: c·x + (1 − c)·mean
                 grey, tmp = _grayscale(clip, grey, tmp)
-                mean = grey.mean(axis=(1, 2), dtype=np.float64).astype(
-                    np.float32)
+                mean = grey.mean(axis=(1, 2))
                 clip *= c
                 clip += (1 - c) * mean[:, None, None, None]
             elif fn_id == 2:

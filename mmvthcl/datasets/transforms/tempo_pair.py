@@ -16,7 +16,8 @@ from mmengine.dataset import Compose
 
 from mmaction.registry import TRANSFORMS
 from ..video_checks import BadVideoError
-from .clip_augment import COLOR_PARAMS_KEY, deferred_color_keys
+from .clip_augment import (COLOR_PARAMS_FAST_KEY, COLOR_PARAMS_KEY,
+                           deferred_color_keys)
 
 
 @TRANSFORMS.register_module()
@@ -200,7 +201,7 @@ class TempoPairDecode(BaseTransform):
         self._record_keys = {}
         for clip, pipe, key in (
                 ('slow', self.slow_pipeline, COLOR_PARAMS_KEY),
-                ('fast', self.fast_pipeline, COLOR_PARAMS_KEY + '_fast')):
+                ('fast', self.fast_pipeline, COLOR_PARAMS_FAST_KEY)):
             if pipe is not None and deferred_color_keys(
                     pipe.transforms, f'TempoPairDecode ({clip} clip)'):
                 self._record_keys[clip] = key

@@ -15,7 +15,8 @@ from mmengine.model import BaseModel
 
 from mmaction.registry import MODELS
 from mmaction.structures import ActionDataSample
-from ...datasets.transforms.clip_augment import COLOR_PARAMS_KEY
+from ...datasets.transforms.clip_augment import (COLOR_PARAMS_FAST_KEY,
+                                                 COLOR_PARAMS_KEY)
 from ..backbones.vthcl_resnet3d import depth_indices
 
 #: RGB 0-255 normalisation of MMAction2's Kinetics configs; keep it identical
@@ -33,7 +34,7 @@ def default_data_preprocessor() -> dict:
         type='MultiModalDataPreprocessor',
         preprocessors=dict(
             imgs=dict(pre, params_key=COLOR_PARAMS_KEY),
-            imgs_fast=dict(pre, params_key=COLOR_PARAMS_KEY + '_fast')))
+            imgs_fast=dict(pre, params_key=COLOR_PARAMS_FAST_KEY)))
 
 
 @MODELS.register_module()
@@ -181,7 +182,7 @@ class VTHCL(BaseModel):
         ``ClipColorDataPreprocessor`` consumes them; a stock preprocessor
         would ignore them and the run would train without colour jitter.
         """
-        for key in (COLOR_PARAMS_KEY, COLOR_PARAMS_KEY + '_fast'):
+        for key in (COLOR_PARAMS_KEY, COLOR_PARAMS_FAST_KEY):
             if any(key in ds for ds in data_samples or ()):
                 raise ValueError(
                     f'the data pipeline deferred colour augmentation '
