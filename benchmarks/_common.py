@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:  # a checkout without `pip install -e .` works too
@@ -96,6 +96,33 @@ def sync(device: str) -> None:
     if str(device).startswith('cuda'):
         import torch
         torch.cuda.synchronize(device)
+
+
+def count_ops(fn: Callable[[], object], device: str) -> Tuple[int, str]:
+    """What ``fn`` asks of the device, one call, and what was counted.
+
+    On a GPU the kernels it launches; on a CPU its top-level ATen operator
+    calls (each would be at least one launch on a GPU, and each costs the
+    host the dispatch a launch-bound step pays for).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    cuda = str(device).startswith('cuda')
+    activities = [ProfilerActivity.CPU]
+    if cuda:
+        activities.append(ProfilerActivity.CUDA)
+    sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    events = prof.events()
+    if cuda:
+        launches = ('cudaLaunchKernel', 'cudaLaunchKernelExC',
+                    'cuLaunchKernel', 'cuLaunchKernelEx')
+        return sum(e.name in launches for e in events), 'kernels'
+    return sum(
+        e.name.startswith('aten::') and
+        (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::'))
+        for e in events), 'ATen calls'
 
 
 def load() -> str:

@@ -10,7 +10,10 @@ Variants, interleaved:
 
 - ``encoders``: forward + backward of the slow and the fast encoder (the
   reference cost).
-- ``shared``: the head with K negatives shared by the batch (the default).
+- ``shared``: the head with K negatives shared by the batch (the default;
+  its banks read one at a time on a CPU, all together on a GPU).
+- ``shared, banks together`` (CPU) or ``shared, banks one by one`` (GPU):
+  the other way of reading the banks (``read_banks_together``).
 - ``per-sample``: ``per_sample_negatives=True``, B × K negatives.
 - ``shared, autograd`` and ``per-sample, autograd (NPID/CMC)``: the same
   losses computed the NPID/CMC way, as the head did before it was
@@ -27,6 +30,10 @@ CPU: resident high-water mark (``VmHWM``, reset via ``/proc/self/clear_refs``)
 over the resident size before; GPU: ``torch.cuda.max_memory_allocated``
 over the allocated memory before.
 
+Each variant's operations per step are counted once with torch.profiler:
+kernel launches on a GPU, top-level ATen calls on a CPU (on a GPU, where a
+small head is bound by launching kernels, their number is its cost).
+
 Targets: ``shared`` ≤ 10 % of ``encoders``; per-sample negatives the NPID/CMC
 way ≥ 5× the time and ≥ 10× the forward+update peak memory of ``shared``.
 The shipped per-sample mode (fused loss) is listed for information.
@@ -40,15 +47,28 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from _common import (MemoryTracker, base_parser, dump_json, in_fresh_process,
-                     interleaved, load, median, print_header, print_table,
-                     ratio, setup, sync, verdict)
+from _common import (MemoryTracker, base_parser, count_ops, dump_json,
+                     in_fresh_process, interleaved, load, median, print_header,
+                     print_table, ratio, setup, sync, verdict)
 
 HEAD_SHARE_TARGET = 0.10
 SPEED_TARGET = 5.0
 MEMORY_TARGET = 10.0
-VARIANTS = ('shared', 'per-sample', 'shared, autograd',
-            'per-sample, autograd (NPID/CMC)')
+NPID = 'per-sample, autograd (NPID/CMC)'
+
+
+def variant_names(device: str) -> tuple:
+    """The head variants; the second reads the banks the way the device's
+    default does not."""
+    other = 'shared, banks one by one' if str(device).startswith('cuda') \
+        else 'shared, banks together'
+    return ('shared', other, 'per-sample', 'shared, autograd', NPID)
+
+
+def reads_together(variant: str):
+    """``read_banks_together`` of a variant (None: the device's default)."""
+    return True if 'together' in variant else \
+        False if 'one by one' in variant else None
 
 
 def parse_args(argv=None):
@@ -100,7 +120,8 @@ def feature_shapes(depth: int, clip_len: int, alpha: int, crop: int):
     return out
 
 
-def build_head(args, per_sample: bool, num_samples: int):
+def build_head(args, per_sample: bool, num_samples: int,
+               together: bool = None):
     from mmaction.registry import MODELS
     channels = tuple(64 * 2**i * (4 if args.depth >= 50 else 1)
                      for i in (1, 2, 3))
@@ -111,6 +132,7 @@ def build_head(args, per_sample: bool, num_samples: int):
             feat_dim=args.feat_dim,
             num_negatives=args.num_negatives,
             per_sample_negatives=per_sample,
+            read_banks_together=together,
             memory=dict(
                 type='HierarchicalMemoryBank', num_samples=num_samples)))
 
@@ -174,7 +196,8 @@ def memory_child(args, shapes, variant: str) -> dict:
     setup(args.device, args.threads)
     torch.manual_seed(args.seed)
     head = build_head(args, variant.startswith('per-sample'),
-                      args.num_samples).to(args.device)
+                      args.num_samples,
+                      reads_together(variant)).to(args.device)
     head.train()
     feats = make_feats(shapes, args.batch, args.device, args.seed)
     index = torch.randperm(args.num_samples)[:args.batch].to(args.device)
@@ -223,10 +246,14 @@ def main(argv=None):
         'fast': torch.randn(args.batch, 3, args.clip_len * args.alpha,
                             args.crop, args.crop, device=dev),
     }
+    variants = variant_names(dev)
     heads = {'shared': build_head(args, False, args.num_samples)}
-    # the per-sample head reads and updates the same banks
+    # the other heads read and update the same banks
+    heads[variants[1]] = build_head(args, False, args.num_negatives,
+                                    reads_together(variants[1]))
     heads['per-sample'] = build_head(args, True, args.num_negatives)
-    heads['per-sample'].memory = heads['shared'].memory
+    for name in (variants[1], 'per-sample'):
+        heads[name].memory = heads['shared'].memory
     for h in heads.values():
         h.to(dev)
         h.train()
@@ -241,7 +268,8 @@ def main(argv=None):
         sum(f.mean() for f in out).backward()
 
     def variant(name):
-        head = heads['per-sample' if name.startswith('per') else 'shared']
+        head = heads['per-sample' if name.startswith('per') else
+                     name if name in heads else 'shared']
         autograd = 'autograd' in name
 
         def run():
@@ -262,38 +290,43 @@ def main(argv=None):
 
     t = interleaved(dict(encoders=encoders,
                          **{v: variant(v)
-                            for v in VARIANTS}),
+                            for v in variants}),
                     args.reps, device=dev, warmup=1, seed=args.seed,
                     before=before)
     sync(dev)
+    ops = {}
+    for name in ('encoders', ) + variants:
+        before(0)
+        ops[name], counted = count_ops(
+            encoders if name == 'encoders' else variant(name), dev)
     # free the timing run's models before the memory subprocesses
     slow_enc = fast_enc = clips = heads = None
 
     mem = {}
     if not args.no_memory:
         # quick: only the two variants the memory target compares
-        for v in (VARIANTS[::3] if args.quick else VARIANTS):
+        for v in (('shared', NPID) if args.quick else variants):
             mem[v] = in_fresh_process(memory_child, args, shapes, v)
 
     enc = t['encoders']
     rows = [['encoders (slow + fast) fwd+bwd', median(enc) * 1e3, 1.0,
-             '', '']]
-    for v in VARIANTS:
+             ops['encoders'], '', '']]
+    for v in variants:
         m = mem.get(v, {})
         rows.append([
-            v, median(t[v]) * 1e3, ratio(t[v], enc),
+            v, median(t[v]) * 1e3, ratio(t[v], enc), ops[v],
             m.get('fwd_peak', ''), m.get('total_peak', '')
         ])
     print()
     print_table([
-        'work', 'ms (median)', 'x encoders', 'fwd+update peak MiB',
-        'fwd+bwd+update peak MiB'
+        'work', 'ms (median)', 'x encoders', f'{counted} per step',
+        'fwd+update peak MiB', 'fwd+bwd+update peak MiB'
     ], rows)
     share = ratio(t['shared'], enc)
 
     # the target's reference is per-sample negatives the NPID/CMC way; the
     # per-sample mode shipped here uses the fused loss and is listed apart
-    npid = 'per-sample, autograd (NPID/CMC)'
+    npid = NPID
     speed = ratio(t[npid], t['shared'])
     print()
     print(f'head (shared) / encoders: {share:.3f}  target '
@@ -304,6 +337,9 @@ def main(argv=None):
           f"{ratio(t['per-sample'], t['shared']):.1f}x;  the fused loss vs "
           f"autograd: shared {ratio(t['shared, autograd'], t['shared']):.2f}"
           f"x, per-sample {ratio(t[npid], t['per-sample']):.2f}x faster")
+    print(f"{variants[1]} / shared: time "
+          f"{ratio(t[variants[1]], t['shared']):.2f}x, {counted} "
+          f"{ops[variants[1]]} vs {ops['shared']}")
     summary = dict(head_share=share, npid_over_shared_time=speed)
     if mem:
         s = mem['shared']
@@ -333,7 +369,7 @@ def main(argv=None):
             'resident high-water mark VmHWM over VmRSS before)'))
     info['load_after'] = load()
     print(f"load before/after: {info['load_before']} / {info['load_after']}")
-    dump_json(args.json, dict(machine=info, times=t, memory=mem,
+    dump_json(args.json, dict(machine=info, times=t, memory=mem, ops=ops,
                               summary=summary, args=vars(args)))
 
 

@@ -20,6 +20,7 @@ model = dict(
         temperature=0.07,
         num_negatives=16384,
         per_sample_negatives=False,
+        read_banks_together=None,  # None: all at once on a GPU
         memory=dict(
             type='HierarchicalMemoryBank',
             num_samples=None,  # None: the training set's length

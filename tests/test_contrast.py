@@ -14,12 +14,12 @@ DEPTHS = ('res3', 'res4', 'res5')
 
 
 def make_head(n=50, k=7, per_sample=False, weights=(1.0, 0.5, 2.0), t=0.2,
-              momentum=0.5):
+              momentum=0.5, together=None):
     torch.manual_seed(0)
     return HierarchicalContrastiveHead(
         in_channels=(8, 16, 32), depths=DEPTHS, loss_weights=weights,
         feat_dim=6, temperature=t, num_negatives=k,
-        per_sample_negatives=per_sample,
+        per_sample_negatives=per_sample, read_banks_together=together,
         memory=dict(type='HierarchicalMemoryBank', num_samples=n,
                     momentum=momentum))
 
@@ -43,9 +43,10 @@ def reference_nce(q, pos, negs, t):
     return total / q.shape[0]
 
 
+@pytest.mark.parametrize('together', [False, True])
 @pytest.mark.parametrize('per_sample', [False, True])
-def test_loss_equals_explicit_reference(per_sample):
-    head = make_head(per_sample=per_sample)
+def test_loss_equals_explicit_reference(per_sample, together):
+    head = make_head(per_sample=per_sample, together=together)
     mem = head.memory
     banks = {key: mem.bank(*key).clone() for key in mem.keys}
     index = torch.tensor([3, 17, 42, 8])
@@ -67,27 +68,86 @@ def test_loss_equals_explicit_reference(per_sample):
 @pytest.mark.parametrize('per_sample', [False, True])
 def test_fused_gradient_equals_autograd_through_the_logits(per_sample):
     """Bank rows take the fused InfoNCE (gradient computed in the forward
-    pass); its loss, accuracy and query gradient, scaled by the upstream
-    gradient, equal plain autograd through cross-entropy in float64."""
+    pass); the loss, accuracy and query gradient of every group, scaled by
+    its own upstream gradient, equal plain autograd through cross-entropy in
+    float64, one group at a time."""
     torch.manual_seed(1)
-    q = unit(5, 6).requires_grad_()
-    pos = unit(5, 6)
-    negs = unit(5, 9, 6) if per_sample else unit(9, 6)
+    q = unit(3, 5, 6).requires_grad_()
+    pos = unit(3, 5, 6)
+    negs = unit(3, 5, 9, 6) if per_sample else unit(3, 9, 6)
     loss, acc = info_nce(q, pos, negs, 0.1)
-    (3.0 * loss).backward()
+    assert loss.shape == acc.shape == (3, )
+    upstream = torch.tensor([3.0, 0.5, -1.0])
+    (upstream * loss).sum().backward()
 
-    q64 = q.detach().double().requires_grad_()
-    l_neg = (torch.einsum('bd,bkd->bk', q64, negs.double()) if per_sample
-             else q64 @ negs.double().t())
-    logits = torch.cat([(q64 * pos.double()).sum(1, keepdim=True), l_neg],
-                       dim=1) / 0.1
-    ref = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
-    (3.0 * ref).backward()
-    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
-    assert acc.item() == pytest.approx(
-        (logits.argmax(1) == 0).double().mean().item())
-    torch.testing.assert_close(q.grad.double(), q64.grad, rtol=1e-5,
-                               atol=1e-6)
+    for g in range(3):
+        q64 = q[g].detach().double().requires_grad_()
+        n64 = negs[g].double()
+        l_neg = (torch.einsum('bd,bkd->bk', q64, n64) if per_sample
+                 else q64 @ n64.t())
+        logits = torch.cat(
+            [(q64 * pos[g].double()).sum(1, keepdim=True), l_neg], dim=1) / 0.1
+        ref = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
+        (upstream[g].double() * ref).backward()
+        assert loss[g].item() == pytest.approx(ref.item(), rel=1e-5)
+        assert acc[g].item() == pytest.approx(
+            (logits.argmax(1) == 0).double().mean().item())
+        torch.testing.assert_close(q.grad[g].double(), q64.grad, rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_autograd_form_equals_the_fused_one():
+    """The form GPUs take for shared negatives (autograd through the
+    logits, chosen when an input needs a gradient or on CUDA) gives the
+    fused form's loss, accuracy and gradient."""
+    torch.manual_seed(2)
+    q = unit(6, 4, 6)
+    pos, negs = unit(6, 4, 6), unit(6, 11, 6)
+    out = {}
+    for form in ('fused', 'autograd'):
+        qf = q.clone().requires_grad_()
+        p = pos.clone().requires_grad_(form == 'autograd')
+        loss, acc = info_nce(qf, p, negs, 0.07)
+        (loss * torch.arange(1.0, 7.0)).sum().backward()
+        out[form] = (loss.detach(), acc, qf.grad)
+    for a, b in zip(out['fused'], out['autograd']):
+        # float32 rounding: gradients are up to 6 / (B·T) ≈ 21 here
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('per_sample', [False, True])
+def test_banks_read_together_or_one_by_one_agree(per_sample):
+    """All six losses in one batch of operations (GPU default) and one bank
+    at a time (CPU default) give the same losses, logs, gradients and banks
+    over several steps."""
+    heads = [make_head(per_sample=per_sample, together=t)
+             for t in (False, True)]
+    g = torch.Generator().manual_seed(3)
+    for step in range(3):
+        index = torch.randperm(50, generator=g)[:4]
+        emb = F.normalize(torch.randn(2, len(DEPTHS), 4, 6, generator=g),
+                          dim=-1)
+        results = []
+        for head in heads:
+            slow = {d: emb[0, i].clone().requires_grad_()
+                    for i, d in enumerate(DEPTHS)}
+            fast = {d: emb[1, i].clone().requires_grad_()
+                    for i, d in enumerate(DEPTHS)}
+            losses = head.loss(slow, fast, index)
+            sum(v for k, v in losses.items() if k.startswith('loss')) \
+                .backward()
+            results.append((losses, [slow[d].grad for d in DEPTHS] +
+                            [fast[d].grad for d in DEPTHS]))
+        (la, ga), (lb, gb) = results
+        assert la.keys() == lb.keys()
+        for key in la:
+            torch.testing.assert_close(la[key], lb[key], rtol=1e-5,
+                                       atol=1e-6)
+        for a, b in zip(ga, gb):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for key in heads[0].memory.keys:
+        torch.testing.assert_close(heads[0].memory.bank(*key),
+                                   heads[1].memory.bank(*key))
 
 
 def test_gradients_reach_the_queries_only():

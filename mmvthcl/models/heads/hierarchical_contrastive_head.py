@@ -7,7 +7,8 @@ embedding queries the slow bank; the two directions are summed (CMC's
 symmetric loss) and weighted per depth. After the loss the banks take the
 step's embeddings (see :class:`HierarchicalMemoryBank`).
 """
-from typing import Dict, Optional, Sequence, Tuple
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -84,13 +85,23 @@ class Projection(nn.Module):
 
 def _logits(query: torch.Tensor, positive: torch.Tensor,
             negatives: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, 1 + K) scores, the positive first, divided by T."""
-    l_pos = (query * positive).sum(dim=1, keepdim=True)
-    if negatives.dim() == 2:
-        l_neg = query @ negatives.t()
-    else:
-        l_neg = torch.bmm(negatives, query.unsqueeze(2)).squeeze(2)
-    return torch.cat([l_pos, l_neg], dim=1) / temperature
+    """(G, B, 1 + K) scores of G groups of B queries, the positive first,
+    divided by T."""
+    l_pos = (query * positive).sum(dim=-1, keepdim=True)
+    if negatives.dim() == 3:  # (G, K, D): shared by the group's queries
+        l_neg = torch.bmm(query, negatives.transpose(1, 2))
+    else:  # (G, B, K, D): K of its own for every query
+        l_neg = (negatives @ query.unsqueeze(-1)).squeeze(-1)
+    return torch.cat([l_pos, l_neg], dim=-1) / temperature
+
+
+def _loss_and_acc(logits: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Per group: mean cross-entropy with the positive (index 0) as target,
+    the fraction of queries ranking it first, and the log-probabilities."""
+    log_p = logits.log_softmax(dim=-1)
+    loss = -log_p[..., 0].mean(dim=-1)
+    acc = (logits.argmax(dim=-1) == 0).float().mean(dim=-1)
+    return loss, acc, log_p
 
 
 class _FusedInfoNCE(torch.autograd.Function):
@@ -100,7 +111,7 @@ class _FusedInfoNCE(torch.autograd.Function):
     gradient, so the only gradient is the query's,
     ``(softmax(logits) − onehot) / (B·T) @ [positive; negatives]``. Computing
     it while the K (or B·K) negative rows are at hand and saving only that
-    (B, D) result lets the rows be freed as soon as the loss is known,
+    (G, B, D) result lets the rows be freed as soon as the loss is known,
     instead of autograd keeping every bank's rows until the backward pass.
     The loss value is the one of ``F.cross_entropy`` on the same logits.
     """
@@ -108,25 +119,23 @@ class _FusedInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, positive, negatives, temperature):
         logits = _logits(query, positive, negatives, temperature)
-        target = logits.new_zeros(logits.shape[0], dtype=torch.long)
-        loss = F.cross_entropy(logits, target)
-        acc = (logits.argmax(dim=1) == 0).float().mean()
+        loss, acc, log_p = _loss_and_acc(logits)
         ctx.mark_non_differentiable(acc)
         if not ctx.needs_input_grad[0]:
             ctx.save_for_backward(None)
             return loss, acc
         # d loss / d logits, then through the division by T and the scores
-        g = logits.float().softmax(dim=1)
-        g[:, 0] -= 1
-        g /= logits.shape[0] * temperature
+        g = log_p.float().exp_()
+        g[..., 0] -= 1
+        g /= logits.shape[1] * temperature
         g = g.to(query.dtype)
-        g_neg = g[:, 1:]
-        if negatives.dim() == 2:
-            grad = g_neg @ negatives.to(query.dtype)
+        g_neg = g[..., 1:]
+        if negatives.dim() == 3:
+            grad = torch.bmm(g_neg, negatives.to(query.dtype))
         else:
-            grad = torch.bmm(g_neg.unsqueeze(1),
-                             negatives.to(query.dtype)).squeeze(1)
-        grad += g[:, :1] * positive.to(query.dtype)
+            grad = (g_neg.unsqueeze(-2) @ negatives.to(query.dtype)).squeeze(
+                -2)
+        grad += g[..., :1] * positive.to(query.dtype)
         ctx.save_for_backward(grad)
         return loss, acc
 
@@ -134,48 +143,49 @@ class _FusedInfoNCE(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, grad_acc):
         grad, = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype), None, None, None
+        return grad * grad_loss.to(grad.dtype)[:, None, None], None, None, None
 
 
 def info_nce(query: torch.Tensor, positive: torch.Tensor,
              negatives: torch.Tensor, temperature: float) -> tuple:
-    """InfoNCE of unit queries against one positive and K negatives each.
+    """InfoNCE of G groups of unit queries, each against one positive and K
+    negatives.
 
     Args:
-        query (Tensor): (B, D).
-        positive (Tensor): (B, D).
-        negatives (Tensor): (K, D) shared by the batch, or (B, K, D).
+        query (Tensor): (G, B, D).
+        positive (Tensor): (G, B, D).
+        negatives (Tensor): (G, K, D), shared by the B queries of a group,
+            or (G, B, K, D).
         temperature (float): T in exp(q·k / T).
 
     Returns:
-        tuple: The mean loss and the fraction of queries whose positive
-        scores above every negative.
+        tuple: The mean loss of each group, (G, ), and the fraction of each
+        group's queries whose positive scores above every negative, (G, ).
     """
     from_bank = not (positive.requires_grad or negatives.requires_grad)
     # Bank rows: the fused form, which does not keep them for backward
     # (1.9x faster on CPU, 5.8x leaner with per-sample negatives). Not for
     # shared negatives on a GPU: there the head is bound by kernel launches
-    # and autograd's form launches fewer (H100, R18 at 112²: 10.7 vs 13.8 ms
-    # per step, benchmarks/README.md), while K shared rows are little memory.
-    if from_bank and not (query.is_cuda and negatives.dim() == 2):
+    # and autograd's form launched fewer (H100, R18 at 112², one bank at a
+    # time: 10.7 vs 13.8 ms per step, benchmarks/README.md), while K shared
+    # rows are little memory.
+    if from_bank and not (query.is_cuda and negatives.dim() == 3):
         return _FusedInfoNCE.apply(query, positive, negatives, temperature)
-    logits = _logits(query, positive, negatives, temperature)
-    target = logits.new_zeros(logits.shape[0], dtype=torch.long)
-    loss = F.cross_entropy(logits, target)
-    with torch.no_grad():
-        acc = (logits.argmax(dim=1) == 0).float().mean()
-    return loss, acc
+    loss, acc, _ = _loss_and_acc(
+        _logits(query, positive, negatives, temperature))
+    return loss, acc.detach()
 
 
 @torch.no_grad()
 def mean_pairwise_cosine(emb: torch.Tensor) -> torch.Tensor:
-    """Mean cosine between different rows of (B, D) unit vectors."""
-    b = emb.shape[0]
+    """Mean cosine between different rows of (..., B, D) unit vectors."""
+    b = emb.shape[-2]
     if b < 2:
-        return emb.new_zeros(())
-    total = emb.sum(dim=0)
+        return emb.new_zeros(emb.shape[:-2])
+    total = emb.sum(dim=-2)
     # sum over i != j of e_i·e_j = |Σ e|² − Σ |e_i|²
-    return (total @ total - (emb * emb).sum()) / (b * (b - 1))
+    return ((total * total).sum(dim=-1) - (emb * emb).sum(dim=(-2, -1))) / (
+        b * (b - 1))
 
 
 @MODELS.register_module()
@@ -213,6 +223,14 @@ class HierarchicalContrastiveHead(BaseModule):
         per_sample_negatives (bool): Draw K negatives for every query (the
             NPID/CMC way, B times the memory) instead of K shared by the
             batch. Defaults to False.
+        read_banks_together (bool, optional): Read the rows of all banks
+            and compute their losses in one batch of operations (a few
+            dozen kernels for the six losses instead of a few dozen per
+            loss) rather than one bank at a time (at most one bank's K rows
+            alive at once). None picks together for shared negatives on a
+            GPU, where the head is bound by kernel launches and 6·K rows
+            are little memory, and one at a time otherwise. The results are
+            the same up to rounding. Defaults to None.
         memory (dict): Config of the :class:`HierarchicalMemoryBank`; depths,
             tempos and ``feat_dim`` are filled in.
         init_cfg (dict, optional): Initialisation config.
@@ -231,6 +249,7 @@ class HierarchicalContrastiveHead(BaseModule):
                  temperature: float = 0.07,
                  num_negatives: int = 16384,
                  per_sample_negatives: bool = False,
+                 read_banks_together: Optional[bool] = None,
                  memory: dict = dict(type='HierarchicalMemoryBank'),
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
@@ -254,9 +273,15 @@ class HierarchicalContrastiveHead(BaseModule):
             raise ValueError(f'head.num_negatives must be >= 1, got '
                              f'{num_negatives}')
         self.loss_weights = loss_weights
+        # on the device with the losses: multiplying by a host list would
+        # copy it there, which waits for the GPU
+        self.register_buffer(
+            'loss_weight_vector', torch.tensor(loss_weights),
+            persistent=False)
         self.temperature = temperature
         self.num_negatives = num_negatives
         self.per_sample_negatives = per_sample_negatives
+        self.read_banks_together = read_banks_together
         self.projections = nn.ModuleDict({
             f'{d}_{t}': Projection(c, h, feat_dim, norm_cfg, out_norm_cfg)
             for d, c, h in zip(self.depths, in_channels, hidden_channels)
@@ -324,44 +349,57 @@ class HierarchicalContrastiveHead(BaseModule):
         shape = (batch, self.num_negatives) if self.per_sample_negatives \
             else (self.num_negatives, )
         negatives = self.memory.sample_negatives(shape, device=index.device)
-        # A replicated memory is read one bank at a time, right before its
-        # loss, so at most one bank's K (or B·K) rows exist at once (the
-        # fused loss keeps none of them); a sharded one assembles all banks
-        # in a single collective.
-        one_by_one = not self.memory.sharded
-        rows = {} if one_by_one else self.memory.fetch(index, negatives)
-
-        def bank_rows(key):
-            if one_by_one:
-                return self.memory.fetch(index, negatives, keys=[key])[key]
-            return rows.pop(key)
-
-        losses, directions = {}, {}
-        for d, w in zip(self.depths, self.loss_weights):
-            # slow queries the fast bank; fast queries the slow bank
-            l_sf, a_sf = info_nce(slow[d], *bank_rows((d, 'fast')),
-                                  self.temperature)
-            l_fs, a_fs = info_nce(fast[d], *bank_rows((d, 'slow')),
-                                  self.temperature)
-            losses[f'loss_{d}'] = w * (l_sf + l_fs)
-            losses[f'acc_{d}'] = (a_sf + a_fs) / 2
-            losses[f'cos_{d}'] = mean_pairwise_cosine(slow[d])
-            directions[d] = (l_sf, l_fs)
+        # All embeddings in one (2·depths, B, D) tensor, in the banks'
+        # order, so that the losses can be one batch of operations; each
+        # embedding reads the other tempo's bank.
+        embeddings = {'slow': slow, 'fast': fast}
+        order = [(d, t) for d in self.depths for t in self.tempos]
+        queries = torch.stack([embeddings[t][d] for d, t in order])
+        other = {'slow': 'fast', 'fast': 'slow'}
+        reads = [(d, other[t]) for d, t in order]
+        nce, acc = [], []
+        for group in self._read_groups(len(reads), queries):
+            # the rows are not kept in a variable: the fused loss frees them
+            # before the next group's are read
+            loss, hit = info_nce(
+                queries[group],
+                *self.memory.fetch(index, negatives, reads[group]),
+                self.temperature)
+            nce.append(loss)
+            acc.append(hit)
+        nce = torch.cat(nce).view(len(self.depths), 2)
+        per_depth = nce.sum(dim=1) * self.loss_weight_vector.to(nce.dtype)
         # one check for all depths (each read of a GPU value waits for the
         # queued kernels), before a non-finite step reaches the banks
-        if not torch.isfinite(
-                torch.stack([losses[f'loss_{d}'] for d in self.depths])).all():
-            d = next(d for d in self.depths
-                     if not torch.isfinite(losses[f'loss_{d}']))
-            l_sf, l_fs = directions[d]
+        if not torch.isfinite(per_depth).all():
+            i = next(i for i, v in enumerate(per_depth.tolist())
+                     if not math.isfinite(v))
+            d = self.depths[i]
             raise FloatingPointError(
-                f'loss_{d} is {losses[f"loss_{d}"].item()} (depth {d}: '
-                f'slow→fast {l_sf.item()}, fast→slow {l_fs.item()}); lower '
-                'the learning rate or check the input clips')
-        self.memory.update(index, {
-            **{(d, 'slow'): v
-               for d, v in slow.items()},
-            **{(d, 'fast'): v
-               for d, v in fast.items()}
-        })
+                f'loss_{d} is {per_depth[i].item()} (depth {d}: '
+                f'slow→fast {nce[i, 0].item()}, fast→slow '
+                f'{nce[i, 1].item()}); lower the learning rate or check '
+                'the input clips')
+        acc = torch.cat(acc).view(len(self.depths), 2).mean(dim=1)
+        cos = mean_pairwise_cosine(queries[0::2])  # the slow embeddings
+        losses = {}
+        # unbind: its backward is one stack, where indexing costs a
+        # zero-filled tensor and a copy per depth
+        for d, loss, hit, c in zip(self.depths, per_depth.unbind(),
+                                   acc.unbind(), cos.unbind()):
+            losses[f'loss_{d}'] = loss
+            losses[f'acc_{d}'] = hit
+            losses[f'cos_{d}'] = c
+        self.memory.update(index, dict(zip(order, queries.detach())))
         return losses
+
+    def _read_groups(self, num_reads: int,
+                     queries: torch.Tensor) -> List[slice]:
+        """The bank reads that share one fetch and one batched loss."""
+        together = self.read_banks_together
+        if together is None:
+            together = queries.is_cuda and not self.per_sample_negatives
+        # a sharded memory assembles every bank's rows in one collective
+        if together or self.memory.sharded:
+            return [slice(0, num_reads)]
+        return [slice(i, i + 1) for i in range(num_reads)]

@@ -280,59 +280,53 @@ class HierarchicalMemoryBank(BaseModule):
               index: torch.Tensor,
               negatives: torch.Tensor,
               keys: Optional[Sequence[Tuple[str, str]]] = None
-              ) -> Dict[Tuple[str, str], tuple]:
-        """Rows of the banks for the local batch and the negatives.
+              ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Rows of G banks for the local batch and the negatives.
 
         Args:
             index (Tensor): Dataset indices of the local batch, shape (B, ).
             negatives (Tensor): Indices from :meth:`sample_negatives`, shape
                 (K, ) or (B, K); the same on every rank.
-            keys (Sequence[tuple], optional): The ``(depth, tempo)`` banks to
-                read. Defaults to all of them. Reading one bank at a time
-                keeps only that bank's K (or B·K) rows alive.
+            keys (Sequence[tuple], optional): The G ``(depth, tempo)`` banks
+                to read, in this order. Defaults to all of them. Reading
+                fewer at a time keeps fewer K (or B·K) rows alive.
 
         Returns:
-            dict: ``(depth, tempo)`` → (positives (B, D), negatives (K, D) or
-            (B, K, D)).
+            tuple: Positives (G, B, D) and negatives (G, K, D) or
+            (G, B, K, D).
         """
         self._check_sized()
         keys = self.keys if keys is None else [tuple(k) for k in keys]
+        b = index.numel()
         if not self.sharded or not _is_dist():
-            # index_select of a flat index: a plain row copy, several times
-            # faster on CPU than advanced indexing (``bank[idx]``), same rows
-            pos_idx = index - self.row_offset
-            neg_idx = negatives.reshape(-1) - self.row_offset
-            out = {}
-            for d, t in keys:
-                bank = self.bank(d, t)
-                out[(d, t)] = (bank.index_select(0, pos_idx),
-                               bank.index_select(0, neg_idx).view(
-                                   tuple(negatives.shape) +
-                                   (self.feat_dim, )))
-            return out
-        # every rank needs rows others own: each fills what it holds and
-        # one all_reduce(SUM) assembles them (x + 0 is exact in float)
-        all_index, sizes = all_gather_rows(index, return_sizes=True)
-        wanted = torch.cat([all_index, negatives.reshape(-1)])
-        lo, hi = self.shard_range()
-        mine = (wanted >= lo) & (wanted < hi)
-        rows = torch.zeros(
-            wanted.numel(), len(keys), self.feat_dim,
-            device=self.num_updates.device)
-        local = wanted[mine] - lo
-        for i, (d, t) in enumerate(keys):
-            rows[mine, i] = self.bank(d, t).index_select(0, local)
-        torch_dist.all_reduce(rows)
-        rank, _ = get_dist_info()
-        start = sum(sizes[:rank])
-        n_all = all_index.numel()
-        out = {}
-        for i, key in enumerate(keys):
-            pos = rows[start:start + index.numel(), i]
-            neg = rows[n_all:, i].reshape(tuple(negatives.shape) +
-                                          (self.feat_dim, ))
-            out[key] = (pos, neg)
-        return out
+            # One row copy per bank for the batch and the negatives together
+            # (index_select of a flat index is several times faster on CPU
+            # than advanced indexing), written in place into the result.
+            # Rows start at 0 here: one process holds every row.
+            wanted = torch.cat([index, negatives.reshape(-1)])
+            bank = self.bank(*keys[0])
+            rows = bank.new_empty((len(keys), wanted.numel(), self.feat_dim))
+            for i, (d, t) in enumerate(keys):
+                torch.index_select(self.bank(d, t), 0, wanted, out=rows[i])
+            pos, neg = rows[:, :b], rows[:, b:]
+        else:
+            # every rank needs rows others own: each fills what it holds and
+            # one all_reduce(SUM) assembles them (x + 0 is exact in float)
+            all_index, sizes = all_gather_rows(index, return_sizes=True)
+            wanted = torch.cat([all_index, negatives.reshape(-1)])
+            lo, hi = self.shard_range()
+            mine = (wanted >= lo) & (wanted < hi)
+            rows = torch.zeros(
+                len(keys), wanted.numel(), self.feat_dim,
+                device=self.num_updates.device)
+            local = wanted[mine] - lo
+            for i, (d, t) in enumerate(keys):
+                rows[i, mine] = self.bank(d, t).index_select(0, local)
+            torch_dist.all_reduce(rows)
+            rank, _ = get_dist_info()
+            start = sum(sizes[:rank])
+            pos, neg = rows[:, start:start + b], rows[:, all_index.numel():]
+        return pos, neg.unflatten(1, tuple(negatives.shape))
 
     # ----------------------------------------------------------- updating
     @torch.no_grad()
@@ -357,12 +351,17 @@ class HierarchicalMemoryBank(BaseModule):
             # duplicates all write the last copy's row: deterministic, and
             # no sync (torch.unique and masks wait for the GPU)
             rows, stacked = index, stacked[last_copy(index)]
-        beta = self.momentum
+        # all banks in one batch of operations: a handful of kernels per
+        # step instead of a handful per bank
+        new = stacked.transpose(0, 1)
+        old = self.bank(*self.keys[0]).new_empty(new.shape)
         for i, (d, t) in enumerate(self.keys):
-            bank = self.bank(d, t)
-            mixed = beta * bank.index_select(0, rows) + (
-                1 - beta) * stacked[:, i].to(bank.dtype)
-            bank.index_copy_(0, rows, F.normalize(mixed, dim=1))
+            torch.index_select(self.bank(d, t), 0, rows, out=old[i])
+        beta = self.momentum
+        mixed = F.normalize(
+            old.mul_(beta).add_(new.to(old.dtype), alpha=1 - beta), dim=-1)
+        for i, (d, t) in enumerate(self.keys):
+            self.bank(d, t).index_copy_(0, rows, mixed[i])
         steps = self.steps_taken()
         self.num_updates += 1
         self._num_updates_host = (self._num_updates_key(), steps + 1)
