@@ -150,6 +150,27 @@ def test_banks_read_together_or_one_by_one_agree(per_sample):
                                    heads[1].memory.bank(*key))
 
 
+def test_unit_rows_equals_f_normalize_values_and_gradients():
+    """φ's L2 normalisation (closed-form backward) against autograd through
+    F.normalize, on ordinary rows, a zero row and a row under eps."""
+    from mmvthcl.models.heads.hierarchical_contrastive_head import unit_rows
+    torch.manual_seed(4)
+    x = torch.randn(5, 3, 7, dtype=torch.float64)
+    x[0, 1] = 0
+    x[2, 0] = 1e-13  # its norm is clamped to eps
+    upstream = torch.randn_like(x)
+    grads = []
+    for fn in (unit_rows, lambda v: F.normalize(v, dim=-1)):
+        v = x.clone().requires_grad_()
+        y = fn(v)
+        (y * upstream).sum().backward()
+        grads.append((y.detach(), v.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    assert torch.autograd.gradcheck(unit_rows, (torch.randn(
+        4, 6, dtype=torch.float64, requires_grad=True), ))
+
+
 def test_gradients_reach_the_queries_only():
     head = make_head()
     slow = {d: unit(4, 6).requires_grad_() for d in DEPTHS}
