@@ -36,7 +36,7 @@ demo: install
 	$(PY) tools/demo.py --out $(DEMO_OUT)
 
 ablation: install
-	$(PY) benchmarks/ablation.py --out $(DEMO_OUT)/ablation
+	$(PY) benchmarks/ablation.py --out $(DEMO_OUT)/ablation --train-seeds 0 1 2
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) work_dirs

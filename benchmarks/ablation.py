@@ -14,11 +14,16 @@ random-initialisation baseline. Prints a table and exits::
     python benchmarks/ablation.py --out demo_out/ablation
 
 Takes about 3 demo runs (~18 min on 2 CPU cores); ``--epochs`` shortens it.
+One run per variant is one draw: a change that only alters floating-point
+rounding moves the demo's kNN top-1 by several points (README), so compare
+variants over training seeds, ``--train-seeds 0 1 2`` (3 runs per variant),
+which prints each seed's top-1, their mean and their range.
 """
 import argparse
 import importlib.util
 import os.path as osp
 import re
+import statistics
 import subprocess
 import sys
 
@@ -39,7 +44,11 @@ def parse_args(argv=None):
     parser.add_argument('--epochs', type=int, default=None,
                         help='pretraining epochs (default: the config)')
     parser.add_argument('--num-videos', type=int, default=600)
-    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the generated videos')
+    parser.add_argument('--train-seeds', type=int, nargs='+', default=None,
+                        help='pretrain each variant once per seed '
+                        '(randomness.seed); default: the config\'s seed, once')
     return parser.parse_args(argv)
 
 
@@ -61,36 +70,63 @@ def main(argv=None):
     demo = load_demo()
     demo.prepare_dataset(data, ['--num-videos', str(args.num_videos),
                                 '--seed', str(args.seed)], own=True)
+    seeds = args.train_seeds or [None]
     rows = []
     for i, (name, options) in enumerate(VARIANTS.items()):
-        cmd = [sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--out',
-               osp.join(out, f'variant{i}'), '--data', data,
-               '--num-videos', str(args.num_videos), '--seed',
-               str(args.seed)]
-        if args.epochs is not None:
-            cmd += ['--epochs', str(args.epochs)]
-        if options:
-            cmd += ['--cfg-options', *options]
         print(f'== {name}', flush=True)
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        if proc.returncode != 0:
-            print(proc.stdout[-4000:])
-            raise SystemExit(f'ablation: variant {name!r} failed')
-        base = float(re.search(r'random-init kNN top-1 \(%\)\s+([0-9.]+)',
-                               proc.stdout).group(1))
-        top1 = float(re.search(r'VTHCL kNN top-1 \(%\)\s+([0-9.]+)',
-                               proc.stdout).group(1))
-        minutes = re.search(r'pretraining time\s+([0-9.]+) min',
-                            proc.stdout).group(1)
-        rows.append((name, base, top1, minutes))
-        print(f'   random {base:.2f}  VTHCL {top1:.2f}  ({minutes} min)',
-              flush=True)
-    width = max(len(r[0]) for r in rows)
-    print(f'\n{"variant":<{width}}  random-init  VTHCL   gain   pretrain')
-    for name, base, top1, minutes in rows:
-        print(f'{name:<{width}}  {base:>11.2f}  {top1:5.2f}  '
-              f'{top1 - base:+5.2f}  {minutes:>5} min')
+        runs = []
+        for seed in seeds:
+            tag = f'variant{i}' if seed is None else f'variant{i}_seed{seed}'
+            extra = [] if seed is None else [f'randomness.seed={seed}']
+            runs.append(run_variant(args, out, data, tag, options + extra))
+            base, top1, minutes = runs[-1]
+            print(f'   {"" if seed is None else f"seed {seed}: "}random '
+                  f'{base:.2f}  VTHCL {top1:.2f}  ({minutes:.1f} min)',
+                  flush=True)
+        rows.append((name, runs))
+    print_table(rows, seeds)
+
+
+def run_variant(args, out, data, tag, options):
+    """One demo run; its random-init and VTHCL kNN top-1 and minutes."""
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--out',
+           osp.join(out, tag), '--data', data,
+           '--num-videos', str(args.num_videos), '--seed', str(args.seed)]
+    if args.epochs is not None:
+        cmd += ['--epochs', str(args.epochs)]
+    if options:
+        cmd += ['--cfg-options', *options]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:])
+        raise SystemExit(f'ablation: run {tag} ({options}) failed')
+
+    def number(pattern):
+        return float(re.search(pattern, proc.stdout).group(1))
+    return (number(r'random-init kNN top-1 \(%\)\s+([0-9.]+)'),
+            number(r'VTHCL kNN top-1 \(%\)\s+([0-9.]+)'),
+            number(r'pretraining time\s+([0-9.]+) min'))
+
+
+def print_table(rows, seeds):
+    """A markdown table: per variant the random-init baseline, each seed's
+    VTHCL top-1, their mean and range, the gain of the mean."""
+    per_seed = [f'seed {s}' for s in seeds] if len(seeds) > 1 else []
+    print()
+    print('| variant | random-init | ' + ''.join(f'{c} | ' for c in per_seed) +
+          'VTHCL (mean) | range | gain | pretraining |')
+    print('|---|' + '--:|' * (len(per_seed) + 5))
+    for name, runs in rows:
+        base = statistics.mean(r[0] for r in runs)
+        tops = [r[1] for r in runs]
+        mean = statistics.mean(tops)
+        minutes = statistics.mean(r[2] for r in runs)
+        spread = f'{min(tops):.1f}–{max(tops):.1f}' if per_seed else ''
+        print(f'| {name} | {base:.1f} | ' +
+              ''.join(f'{t:.1f} | ' for t in tops if per_seed) +
+              f'{mean:.1f} | {spread} | {mean - base:+.1f} | '
+              f'{minutes:.1f} min |')
 
 
 if __name__ == '__main__':

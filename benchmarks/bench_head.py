@@ -43,6 +43,7 @@ The shipped per-sample mode (fused loss) is listed for information.
     python benchmarks/bench_head.py --device cuda --depth 50 --batch 8
 """
 import argparse
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -121,7 +122,7 @@ def feature_shapes(depth: int, clip_len: int, alpha: int, crop: int):
 
 
 def build_head(args, per_sample: bool, num_samples: int,
-               together: bool = None):
+               together: Optional[bool] = None):
     from mmaction.registry import MODELS
     channels = tuple(64 * 2**i * (4 if args.depth >= 50 else 1)
                      for i in (1, 2, 3))

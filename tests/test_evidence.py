@@ -319,7 +319,8 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
 
 
 #: kNN points the shortened demo must gain over random init; it measured
-#: +23 (20.0 → 43.0, 100 val videos, one video = 1 point) on 2 CPU cores
+#: +23 (20.0 → 43.0, 100 val videos, one video = 1 point) on 2 CPU cores,
+#: +22 (→ 42.0) after a change that only reordered float operations
 MIN_GAIN = 10
 
 
