@@ -366,6 +366,26 @@ def test_ablation_variants_build(tmp_path):
         assert sampler.alpha == (1 if 'α = 1' in name else 2), name
 
 
+def test_ablation_table_summarises_the_seeds(capsys):
+    """Per variant: each seed's top-1, their mean and range, and the gain
+    of the mean over the random-init baseline; one run: no range."""
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+    try:
+        from ablation import print_table
+    finally:
+        sys.path.remove(osp.join(ROOT, 'benchmarks'))
+    print_table([('full', [(20.0, 60.0, 5.0), (20.0, 70.5, 6.0),
+                           (20.0, 65.0, 7.0)])], [0, 1, 2])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split(' | ')[2:5] == ['seed 0', 'seed 1', 'seed 2']
+    assert lines[2] == ('| full | 20.0 | 60.0 | 70.5 | 65.0 | 65.2 | '
+                        '60.0–70.5 | +45.2 | 6.0 min |')
+    print_table([('full', [(20.0, 60.0, 5.0)])], [None])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2] == '| full | 20.0 | 60.0 |  | +40.0 | 5.0 min |'
+
+
 def test_supervised_reference_matches_the_demo():
     """The labelled reference trains as many steps as the demo, with the
     demo's encoder, and is scored on the clip the demo's kNN uses (the two
