@@ -299,15 +299,10 @@ class HierarchicalMemoryBank(BaseModule):
         keys = self.keys if keys is None else [tuple(k) for k in keys]
         b = index.numel()
         if not self.sharded or not _is_dist():
-            # One row copy per bank for the batch and the negatives together
-            # (index_select of a flat index is several times faster on CPU
-            # than advanced indexing), written in place into the result.
-            # Rows start at 0 here: one process holds every row.
-            wanted = torch.cat([index, negatives.reshape(-1)])
-            bank = self.bank(*keys[0])
-            rows = bank.new_empty((len(keys), wanted.numel(), self.feat_dim))
-            for i, (d, t) in enumerate(keys):
-                torch.index_select(self.bank(d, t), 0, wanted, out=rows[i])
+            # one row copy per bank for the batch and the negatives
+            # together; rows start at 0 here: one process holds every row
+            rows = self._read_rows(keys,
+                                   torch.cat([index, negatives.reshape(-1)]))
             pos, neg = rows[:, :b], rows[:, b:]
         else:
             # every rank needs rows others own: each fills what it holds and
@@ -327,6 +322,17 @@ class HierarchicalMemoryBank(BaseModule):
             start = sum(sizes[:rank])
             pos, neg = rows[:, start:start + b], rows[:, all_index.numel():]
         return pos, neg.unflatten(1, tuple(negatives.shape))
+
+    def _read_rows(self, keys: Sequence[Tuple[str, str]],
+                   rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``rows`` of the banks ``keys`` as one (G, len(rows), D)
+        tensor: index_select of a flat index (a plain row copy, several
+        times faster on CPU than advanced indexing) written in place."""
+        out = self.bank(*keys[0]).new_empty(
+            (len(keys), rows.numel(), self.feat_dim))
+        for i, key in enumerate(keys):
+            torch.index_select(self.bank(*key), 0, rows, out=out[i])
+        return out
 
     # ----------------------------------------------------------- updating
     @torch.no_grad()
@@ -354,9 +360,7 @@ class HierarchicalMemoryBank(BaseModule):
         # all banks in one batch of operations: a handful of kernels per
         # step instead of a handful per bank
         new = stacked.transpose(0, 1)
-        old = self.bank(*self.keys[0]).new_empty(new.shape)
-        for i, (d, t) in enumerate(self.keys):
-            torch.index_select(self.bank(d, t), 0, rows, out=old[i])
+        old = self._read_rows(self.keys, rows)
         beta = self.momentum
         mixed = F.normalize(
             old.mul_(beta).add_(new.to(old.dtype), alpha=1 - beta), dim=-1)
