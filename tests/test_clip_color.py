@@ -22,7 +22,7 @@ from mmaction.registry import MODELS, TRANSFORMS
 from mmaction.structures import ActionDataSample
 from mmvthcl.datasets.transforms.clip_augment import (
     COLOR_PARAMS_KEY, ClipColorJitter, ClipGrayscale, _shift_hue,
-    _shift_hue_cpu, apply_color_params)
+    _shift_hue_arith, _shift_hue_cpu, apply_color_params)
 from mmvthcl.models.algorithms.vthcl import IMG_NORM, default_data_preprocessor
 
 init_default_scope('mmaction')
@@ -130,9 +130,11 @@ def test_gpu_hue_shift_is_opencvs_bit_for_bit(offset):
     rgb = np.stack([r, g, b], -1).reshape(1, 1024, 64 * 256, 3)
     rgb = rgb.reshape(1, 16384, 1024, 3)  # 1024 wide: no scalar tail
     x = torch.from_numpy(rgb.astype(np.float32)).permute(3, 0, 1, 2)[None]
-    got = _shift_hue(x, torch.tensor([offset], dtype=torch.int32))
+    offsets = torch.tensor([offset], dtype=torch.int32)
     want = _shift_hue_cpu(x[0], offset)  # OpenCV
-    assert torch.equal(got[0], want)
+    # the tables' lookups and the arithmetic they are built from
+    assert torch.equal(_shift_hue(x, offsets)[0], want)
+    assert torch.equal(_shift_hue_arith(x, offsets)[0], want)
     # and OpenCV's is MMAction2's adjust_hue
     ref = ColorJitter.adjust_hue(rgb[0, :64].astype(np.float32),
                                  offset / 255 + 1e-9 * np.sign(offset))

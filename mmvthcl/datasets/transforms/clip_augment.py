@@ -392,13 +392,64 @@ def _hsv8_to_rgb(h: torch.Tensor, s: torch.Tensor,
     return torch.floor(torch.stack([r, g, b], dim=-4) * 255).clamp_(0, 255)
 
 
-def _shift_hue(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+def _shift_hue_arith(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """``ColorJitter.adjust_hue`` (numpy-2-safe) of clips already clipped
-    to 8-bit values, by per-clip 8-bit hue offsets, in tensor operations
-    (for GPUs; :func:`_shift_hue_cpu` is what a CPU runs)."""
+    to 8-bit values, by per-clip 8-bit hue offsets, in tensor arithmetic:
+    the exact computation, from which :func:`_hue_tables` are built."""
     h, s, v = _rgb_to_hsv8(x)
     view = (-1, ) + (1, ) * (h.dim() - 1)
     return _hsv8_to_rgb(torch.remainder(h + offset.view(view), 180), s, v)
+
+
+#: device → the two tables of :func:`_shift_hue`, built on first use
+_HUE_TABLES: Dict[str, tuple] = {}
+
+
+def _pack(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Three 8-bit integer tensors in one int32: ``a << 16 | b << 8 | c``."""
+    return (a.to(torch.int32) << 16) | (b.to(torch.int32) << 8) | c.to(
+        torch.int32)
+
+
+def _hue_tables(device: torch.device, chunk: int = 1 << 20) -> tuple:
+    """OpenCV's 8-bit RGB→HSV of every colour (2²⁴ entries) and HSV→RGB of
+    every (h, s, v) (180 · 2¹⁶), packed 8 bits per channel into int32, on
+    ``device`` (64 + 45 MiB, kept for the process). Built once, ``chunk``
+    entries at a time (a few MiB of temporaries), by the arithmetic of
+    :func:`_shift_hue_arith`, so looking a pixel up gives its bytes."""
+    key = str(device)
+    if key not in _HUE_TABLES:
+
+        def table(size, fn):
+            out = torch.empty(size, dtype=torch.int32, device=device)
+            for i in range(0, size, chunk):
+                c = torch.arange(
+                    i, min(i + chunk, size), dtype=torch.int32, device=device)
+                # (3, 1, 1, n): the channel dim -4 of the arithmetic
+                abc = torch.stack([c >> 16, (c >> 8) & 255, c & 255])
+                out[i:i + len(c)] = _pack(*fn(abc.view(3, 1, 1, -1))).view(-1)
+            return out
+
+        _HUE_TABLES[key] = (
+            table(1 << 24, _rgb_to_hsv8),
+            table(180 << 16, lambda hsv: _hsv8_to_rgb(*hsv.unbind(0)).unbind(
+                -4)))
+    return _HUE_TABLES[key]
+
+
+def _shift_hue(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """:func:`_shift_hue_arith` by two table lookups per pixel (for GPUs;
+    :func:`_shift_hue_cpu` is what a CPU runs): about 20 integer passes over
+    the clips instead of the arithmetic's 60-odd, many of them in float64,
+    with the same bytes (the tables hold the arithmetic's results)."""
+    to_hsv, to_rgb = _hue_tables(x.device)
+    r, g, b = x.to(torch.int32).unbind(-4)
+    hsv = to_hsv[_pack(r, g, b)]
+    view = (-1, ) + (1, ) * (hsv.dim() - 1)
+    hue = torch.remainder((hsv >> 16) + offset.view(view), 180)
+    rgb = to_rgb[(hue << 16) | (hsv & 0xFFFF)]
+    return torch.stack([rgb >> 16, (rgb >> 8) & 255, rgb & 255],
+                       dim=-4).to(x.dtype)
 
 
 def _shift_hue_cpu(x: torch.Tensor, offset: int) -> torch.Tensor:
