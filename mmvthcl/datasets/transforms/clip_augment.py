@@ -20,7 +20,8 @@ same draws, in the same order) and record them in ``results['color_params']``;
 model's device (``ClipColorDataPreprocessor`` calls it) and gives the same
 clips up to rounding: brightness, contrast and saturation are composed into
 one colour map, and OpenCV's 8-bit HSV and grey conversions are reproduced
-exactly in tensor arithmetic. The loader then does no colour work at all.
+exactly in tensor arithmetic (the hue shift looked up in tables built from
+it). The loader then does no colour work at all.
 """
 from typing import Dict, Optional, Sequence
 
@@ -439,9 +440,10 @@ def _hue_tables(device: torch.device, chunk: int = 1 << 20) -> tuple:
 
 def _shift_hue(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     """:func:`_shift_hue_arith` by two table lookups per pixel (for GPUs;
-    :func:`_shift_hue_cpu` is what a CPU runs): about 20 integer passes over
-    the clips instead of the arithmetic's 60-odd, many of them in float64,
-    with the same bytes (the tables hold the arithmetic's results)."""
+    :func:`_shift_hue_cpu` is what a CPU runs): about 20 integer kernels
+    instead of the arithmetic's 90-odd, several of them in float64 (H100, a
+    step's colour: 146 kernels instead of 290, 1.4x faster), with the same
+    bytes (the tables hold the arithmetic's results)."""
     to_hsv, to_rgb = _hue_tables(x.device)
     r, g, b = x.to(torch.int32).unbind(-4)
     hsv = to_hsv[_pack(r, g, b)]
