@@ -412,6 +412,12 @@ def _pack(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         torch.int32)
 
 
+def _unpack(packed: torch.Tensor, dim: int) -> torch.Tensor:
+    """:func:`_pack` undone: the three 8-bit values stacked on ``dim``."""
+    return torch.stack([packed >> 16, (packed >> 8) & 255, packed & 255],
+                       dim=dim)
+
+
 def _hue_tables(device: torch.device, chunk: int = 1 << 20) -> tuple:
     """OpenCV's 8-bit RGB→HSV of every colour (2²⁴ entries) and HSV→RGB of
     every (h, s, v) (180 · 2¹⁶), packed 8 bits per channel into int32, on
@@ -427,8 +433,8 @@ def _hue_tables(device: torch.device, chunk: int = 1 << 20) -> tuple:
                 c = torch.arange(
                     i, min(i + chunk, size), dtype=torch.int32, device=device)
                 # (3, 1, 1, n): the channel dim -4 of the arithmetic
-                abc = torch.stack([c >> 16, (c >> 8) & 255, c & 255])
-                out[i:i + len(c)] = _pack(*fn(abc.view(3, 1, 1, -1))).view(-1)
+                abc = _unpack(c, dim=0).view(3, 1, 1, -1)
+                out[i:i + len(c)] = _pack(*fn(abc)).view(-1)
             return out
 
         _HUE_TABLES[key] = (
@@ -450,8 +456,7 @@ def _shift_hue(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
     view = (-1, ) + (1, ) * (hsv.dim() - 1)
     hue = torch.remainder((hsv >> 16) + offset.view(view), 180)
     rgb = to_rgb[(hue << 16) | (hsv & 0xFFFF)]
-    return torch.stack([rgb >> 16, (rgb >> 8) & 255, rgb & 255],
-                       dim=-4).to(x.dtype)
+    return _unpack(rgb, dim=-4).to(x.dtype)
 
 
 def _shift_hue_cpu(x: torch.Tensor, offset: int) -> torch.Tensor:
