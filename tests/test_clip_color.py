@@ -106,6 +106,24 @@ def test_hue_paths_for_cpu_and_gpu_give_the_same_batch():
     assert torch.equal(cpu, gpu)
 
 
+def test_device_colour_path_reads_nothing_back():
+    """On a GPU every value the colour needs goes host → device and none
+    comes back: a read-back (a sync) would stall the host's queueing of the
+    step's kernels. Checked on the 'meta' device, where reading any value
+    raises, with records that have every operation (contrast included,
+    whose offsets depend on the frames' mean colours)."""
+    records = [run_transforms([ClipColorJitter(hue=0.5, defer=True),
+                               ClipGrayscale(p=0.5, defer=True)],
+                              np.zeros((1, 1, 1, 3), np.uint8),
+                              seed)[COLOR_PARAMS_KEY] for seed in range(8)]
+    # jitter with a hue shift (and contrast), grey, and jitter skipped
+    assert any(r[0] > 0 and r[4] != 0 for r in records)
+    assert any(r[9] > 0 for r in records) and any(r[0] == 0 for r in records)
+    clips = torch.empty((8, 1, 3, 4, 6, 6), device='meta')
+    out = apply_color_params(clips, records, opencv_hue=False)
+    assert out.shape == clips.shape and out.device.type == 'meta'
+
+
 def test_deferred_jitter_of_a_batch_equals_each_clip_alone():
     rng = np.random.default_rng(1)
     clips, records = [], []

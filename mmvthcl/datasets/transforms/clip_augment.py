@@ -474,58 +474,68 @@ def _cv_grey(x: torch.Tensor) -> torch.Tensor:
     return grey.to(x.dtype).unsqueeze(-4).expand_as(x)
 
 
-def _compose(ops: list, mean_rgb: np.ndarray) -> tuple:
+def _compose(ops: list) -> tuple:
     """One affine colour map for a run of brightness/contrast/saturation.
 
     Each is linear in the pixel's RGB: brightness ``b·x``, saturation
     ``s·x + (1 − s)·grey(x)`` (a 3×3 matrix), contrast ``c·x + (1 − c)·m``
     with m the frame's mean grey, which is the grey of the frame's mean
-    colour. So the run is ``A·x + o_t``: one 3×3 matrix per clip and one
-    offset per frame, found from the frames' mean colours.
+    colour. So the run is ``A·x + P·mean_t``: two 3×3 matrices per clip,
+    the second applied to each frame's mean colour. Keeping the means out
+    of the host's arithmetic lets the device form the offsets where it
+    computed the means, without reading them back (a sync on a GPU).
 
     Args:
         ops (list): (operation id, factor) in order.
-        mean_rgb (ndarray): (..., 3) mean colour of each frame.
 
     Returns:
-        tuple: A (3, 3) and o (..., 3), float64.
+        tuple: A and P, (3, 3) float64 each.
     """
-    a, o = np.eye(3), np.zeros_like(mean_rgb)
+    a, p = np.eye(3), np.zeros((3, 3))
     for op, f in ops:
         if op == 0:
-            a, o = f * a, f * o
+            a, p = f * a, f * p
         elif op == 1:
-            mean_grey = (mean_rgb @ a.T + o) @ _GREY_W
-            a, o = f * a, f * o + (1 - f) * mean_grey[..., None]
+            # the mean grey so far, (mean·(A + P)ᵀ)·w = mean·(wᵀ(A + P))
+            grey_of_mean = _GREY_W @ (a + p)
+            a = f * a
+            p = f * p + (1 - f) * np.outer(np.ones(3), grey_of_mean)
         else:
             m = f * np.eye(3) + (1 - f) * np.outer(np.ones(3), _GREY_W)
-            a, o = m @ a, o @ m.T
-    return a, o
+            a, p = m @ a, m @ p
+    return a, p
 
 
-def _affine(x: torch.Tensor, a: np.ndarray, o: np.ndarray) -> torch.Tensor:
-    """Per-clip ``A·x + o_t`` on channel dim -4 of (B, ..., 3, T, H, W).
+def _to_device(values: np.ndarray, device, dtype=None) -> torch.Tensor:
+    """A small host array on ``device``, copied without waiting (a blocking
+    copy waits for every kernel queued before it)."""
+    return torch.as_tensor(values, dtype=dtype).to(device, non_blocking=True)
 
-    Elementwise multiply-adds, not a matmul: no TF32 on GPUs.
+
+def _affine(x: torch.Tensor, a: np.ndarray, p: np.ndarray) -> torch.Tensor:
+    """Per-clip ``A·x + P·mean_t`` on channel dim -4 of
+    (B, ..., 3, T, H, W), mean_t the mean colour of frame t.
+
+    Elementwise multiply-adds, not a matmul: no TF32 on GPUs. The maps are
+    copied to the device without waiting and nothing is read back, so a
+    GPU's host keeps queueing kernels.
     """
     bshape = (len(x), ) + (1, ) * (x.dim() - 5)  # the dims between B and C
-    a = torch.as_tensor(a, dtype=x.dtype).to(x.device, non_blocking=True)
-    o = torch.as_tensor(o, dtype=x.dtype).to(x.device, non_blocking=True)
+    a, p = _to_device(a, x.device, x.dtype), _to_device(p, x.device)
+    # the offsets P·mean_t, (B, ..., 3, T), summed in float64 (a few
+    # hundred numbers): P (B, ..., 3, 3, 1) times mean (B, ..., 1, 3, T)
+    mean = x.mean(dim=(-2, -1)).double()
+    o = (p.view(*bshape, 3, 3, 1) * mean.unsqueeze(-3)).sum(dim=-2).to(
+        x.dtype)
     chans = x.unbind(-4)
     out = []
     for i in range(3):
-        # o[b, t, i] broadcast over H, W (and the dims between B and C)
-        y = o[..., i].reshape(*bshape, -1, 1, 1).expand_as(chans[0]).clone()
+        # o[b, i, t] broadcast over H, W (and the dims between B and C)
+        y = o[..., i, :, None, None].expand_as(chans[0]).clone()
         for j in range(3):
             y.addcmul_(a[:, i, j].view(*bshape, 1, 1, 1), chans[j])
         out.append(y)
     return torch.stack(out, dim=-4)
-
-
-def _frame_means(x: torch.Tensor) -> np.ndarray:
-    """(B, ..., T, 3) mean colour of each frame, on the host."""
-    m = x.mean(dim=(-2, -1))  # (B, ..., 3, T)
-    return m.transpose(-1, -2).cpu().numpy().astype(np.float64)
 
 
 def apply_color_params(clips: torch.Tensor,
@@ -577,7 +587,7 @@ def apply_color_params(clips: torch.Tensor,
             cut = len(ops) if cut is None else cut
             before.append([op for op in ops[:cut] if op[0] != 3])
             after.append([op for op in ops[cut + 1:] if op[0] != 3])
-        x = _affine(x, *_stack_maps(before, _frame_means(x)))
+        x = _affine(x, *_stack_maps(before))
         x = x.clamp_(0, 255).floor_()  # np.clip + astype(np.uint8)
         if hue.any():
             rows = np.flatnonzero(hue)
@@ -588,21 +598,21 @@ def apply_color_params(clips: torch.Tensor,
                 for i in rows:  # one clip at a time
                     x[i] = _shift_hue_cpu(x[i], int(offset[i]))
             else:  # all clips in one go: a few dozen kernel launches
-                sel = torch.as_tensor(rows, device=x.device)
-                x[sel] = _shift_hue(x[sel], torch.as_tensor(
-                    offset[rows], dtype=torch.int32, device=x.device))
+                sel = _to_device(rows, x.device)
+                x[sel] = _shift_hue(
+                    x[sel], _to_device(offset[rows], x.device, torch.int32))
             if any(after):
-                x = _affine(x, *_stack_maps(after, _frame_means(x)))
+                x = _affine(x, *_stack_maps(after))
                 x = x.clamp_(0, 255).floor_()
     grey_rows = np.flatnonzero(records[:, _GREY] > 0)
     if len(grey_rows):
         x = x.clone() if x is clips else x
-        rows = torch.as_tensor(grey_rows, device=x.device)
+        rows = _to_device(grey_rows, x.device)
         x[rows] = _cv_grey(x[rows])
     return x
 
 
-def _stack_maps(ops_per_clip: list, means: np.ndarray) -> tuple:
-    """Affine maps of every clip: (B, 3, 3) and (B, ..., T, 3)."""
-    maps = [_compose(ops, m) for ops, m in zip(ops_per_clip, means)]
-    return (np.stack([a for a, _ in maps]), np.stack([o for _, o in maps]))
+def _stack_maps(ops_per_clip: list) -> tuple:
+    """The affine maps of every clip: A and P, (B, 3, 3) each."""
+    maps = [_compose(ops) for ops in ops_per_clip]
+    return np.stack([a for a, _ in maps]), np.stack([p for _, p in maps])
