@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.mmvthcl-installed
 DEMO_OUT ?= demo_out
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install test test-fast demo ablation bench clean
+.PHONY: install test test-fast demo ablation clean
 
 install: $(STAMP)
 

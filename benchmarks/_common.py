@@ -154,6 +154,15 @@ def machine(device: str) -> Dict[str, str]:
     )
     if str(device).startswith('cuda'):
         info['gpu'] = torch.cuda.get_device_name(device)
+    # the allocator's use of huge pages decides how many page faults a
+    # step takes, which on a VM is a sizeable share of a CPU step
+    try:
+        with open('/sys/kernel/mm/transparent_hugepage/enabled') as f:
+            info['thp'] = f.read().split('[')[1].split(']')[0]
+    except (OSError, IndexError):
+        pass
+    if os.environ.get('GLIBC_TUNABLES'):
+        info['GLIBC_TUNABLES'] = os.environ['GLIBC_TUNABLES']
     return info
 
 
@@ -172,7 +181,8 @@ def interleaved(variants: Dict[str, Callable[[], object]],
                 device: str = 'cpu',
                 warmup: int = 1,
                 seed: int = 0,
-                before: Optional[Callable[[int], None]] = None
+                before: Optional[Callable[[int], None]] = None,
+                faults: Optional[Dict[str, List[int]]] = None
                 ) -> Dict[str, List[float]]:
     """Time every variant ``reps`` times, interleaved, in seconds.
 
@@ -185,6 +195,8 @@ def interleaved(variants: Dict[str, Callable[[], object]],
         before (callable, optional): Called with the repetition number before
             each variant's call, untimed (e.g. to reseed the augmentations so
             every variant draws the same crops).
+        faults (dict, optional): Filled with name → the minor page faults
+            of each timed call (the process's, from ``getrusage``).
 
     Returns:
         dict: name → list of ``reps`` times, index r being repetition r.
@@ -200,12 +212,25 @@ def interleaved(variants: Dict[str, Callable[[], object]],
             if before is not None:
                 before(max(r, 0))
             sync(device)
+            f0 = minor_faults()
             t0 = time.perf_counter()
             variants[name]()
             sync(device)
             if r >= 0:
                 times[name].append(time.perf_counter() - t0)
+                if faults is not None:
+                    faults.setdefault(name, []).append(minor_faults() - f0)
     return times
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (first touches of memory
+    the allocator got from the OS), 0 where ``resource`` is missing."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def median(xs: Sequence[float]) -> float:
