@@ -1,4 +1,5 @@
-"""Small helpers shared by the evaluation, visualisation and hook code."""
+"""Small helpers shared across the package (models, transforms, hooks,
+evaluation, visualisation)."""
 import contextlib
 import random
 from typing import Iterator, List
@@ -9,6 +10,13 @@ import torch
 #: ``TempoPairSampleFrames`` arguments that define a model's tempos
 SAMPLER_KEYS = ('clip_len', 'frame_interval', 'alpha', 'same_num_frames',
                 'out_of_bound_opt')
+
+
+def host_to_device(values, device, dtype=None) -> torch.Tensor:
+    """Small host values (a list, an array or a CPU tensor) on ``device``,
+    copied without waiting: a blocking copy to a GPU first waits for every
+    kernel queued before it, which stalls the host mid-step."""
+    return torch.as_tensor(values, dtype=dtype).to(device, non_blocking=True)
 
 
 @contextlib.contextmanager

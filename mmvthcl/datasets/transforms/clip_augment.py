@@ -32,6 +32,7 @@ from mmcv.transforms import BaseTransform
 
 from mmaction.datasets.transforms import ColorJitter
 from mmaction.registry import TRANSFORMS
+from ...utils import host_to_device
 
 
 def _stack(imgs) -> np.ndarray:
@@ -506,12 +507,6 @@ def _compose(ops: list) -> tuple:
     return a, p
 
 
-def _to_device(values: np.ndarray, device, dtype=None) -> torch.Tensor:
-    """A small host array on ``device``, copied without waiting (a blocking
-    copy waits for every kernel queued before it)."""
-    return torch.as_tensor(values, dtype=dtype).to(device, non_blocking=True)
-
-
 def _affine(x: torch.Tensor, a: np.ndarray, p: np.ndarray) -> torch.Tensor:
     """Per-clip ``A·x + P·mean_t`` on channel dim -4 of
     (B, ..., 3, T, H, W), mean_t the mean colour of frame t.
@@ -521,7 +516,7 @@ def _affine(x: torch.Tensor, a: np.ndarray, p: np.ndarray) -> torch.Tensor:
     GPU's host keeps queueing kernels.
     """
     bshape = (len(x), ) + (1, ) * (x.dim() - 5)  # the dims between B and C
-    a, p = _to_device(a, x.device, x.dtype), _to_device(p, x.device)
+    a, p = host_to_device(a, x.device, x.dtype), host_to_device(p, x.device)
     # the offsets P·mean_t, (B, ..., 3, T), summed in float64 (a few
     # hundred numbers): P (B, ..., 3, 3, 1) times mean (B, ..., 1, 3, T)
     mean = x.mean(dim=(-2, -1)).double()
@@ -598,16 +593,16 @@ def apply_color_params(clips: torch.Tensor,
                 for i in rows:  # one clip at a time
                     x[i] = _shift_hue_cpu(x[i], int(offset[i]))
             else:  # all clips in one go: a few dozen kernel launches
-                sel = _to_device(rows, x.device)
-                x[sel] = _shift_hue(
-                    x[sel], _to_device(offset[rows], x.device, torch.int32))
+                sel = host_to_device(rows, x.device)
+                shift = host_to_device(offset[rows], x.device, torch.int32)
+                x[sel] = _shift_hue(x[sel], shift)
             if any(after):
                 x = _affine(x, *_stack_maps(after))
                 x = x.clamp_(0, 255).floor_()
     grey_rows = np.flatnonzero(records[:, _GREY] > 0)
     if len(grey_rows):
         x = x.clone() if x is clips else x
-        rows = _to_device(grey_rows, x.device)
+        rows = host_to_device(grey_rows, x.device)
         x[rows] = _cv_grey(x[rows])
     return x
 

@@ -17,6 +17,7 @@ from mmaction.registry import MODELS
 from mmaction.structures import ActionDataSample
 from ...datasets.transforms.clip_augment import (COLOR_PARAMS_FAST_KEY,
                                                  COLOR_PARAMS_KEY)
+from ...utils import host_to_device
 from ..backbones.vthcl_resnet3d import depth_indices
 
 #: RGB 0-255 normalisation of MMAction2's Kinetics configs; keep it identical
@@ -170,10 +171,7 @@ class VTHCL(BaseModel):
             raise KeyError(
                 'VTHCL needs each sample\'s dataset index: end the pipeline '
                 "with PackActionInputs(..., algorithm_keys=('sample_idx',))")
-        # made on the host and copied without waiting: a blocking copy
-        # would wait for every kernel queued before it
-        return torch.tensor(index, dtype=torch.long).to(
-            device, non_blocking=True)
+        return host_to_device(index, device, torch.long)
 
     @staticmethod
     def check_colors_applied(data_samples: Sequence[ActionDataSample]):

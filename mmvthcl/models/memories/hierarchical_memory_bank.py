@@ -25,6 +25,7 @@ from mmengine.dist import get_dist_info
 from mmengine.model import BaseModule
 
 from mmaction.registry import MODELS
+from ...utils import host_to_device
 
 _INIT_CHUNK = 4096  # rows per seeded chunk of the random initialisation
 
@@ -272,9 +273,8 @@ class HierarchicalMemoryBank(BaseModule):
         g = torch.Generator().manual_seed(self.seed * 1000003 +
                                           self.steps_taken())
         idx = torch.randint(self.num_samples, tuple(shape), generator=g)
-        # without waiting for the queued kernels (a fresh host tensor)
-        return idx.to(device if device is not None else
-                      self.num_updates.device, non_blocking=True)
+        return host_to_device(
+            idx, device if device is not None else self.num_updates.device)
 
     def fetch(self,
               index: torch.Tensor,
