@@ -28,14 +28,16 @@ def unit(*shape):
     return F.normalize(torch.randn(*shape), dim=-1)
 
 
-def reference_nce(q, pos, negs, t):
-    """-log softmax of the positive, one query at a time, in float64."""
-    q, pos, negs = q.double(), pos.double(), negs.double()
+def reference_nce(q, bank, index, negs, t):
+    """-log softmax of the positive, one query at a time, in float64; a
+    query's own row drawn among its negatives is not scored."""
+    q, bank = q.double(), bank.double()
     total = 0.0
     for i in range(q.shape[0]):
-        neg_i = negs if negs.dim() == 2 else negs[i]
-        scores = [float(q[i] @ pos[i]) / t] + [
-            float(q[i] @ neg_i[j]) / t for j in range(neg_i.shape[0])
+        own = int(index[i])
+        drawn = (negs if negs.dim() == 1 else negs[i]).tolist()
+        scores = [float(q[i] @ bank[own]) / t] + [
+            float(q[i] @ bank[j]) / t for j in drawn if j != own
         ]
         m = max(scores)
         log_z = m + math.log(sum(math.exp(s - m) for s in scores))
@@ -45,22 +47,27 @@ def reference_nce(q, pos, negs, t):
 
 @pytest.mark.parametrize('together', [False, True])
 @pytest.mark.parametrize('per_sample', [False, True])
-def test_loss_equals_explicit_reference(per_sample, together):
-    head = make_head(per_sample=per_sample, together=together)
+@pytest.mark.parametrize('n,k', [(50, 7), (4, 4)])
+def test_loss_equals_explicit_reference(per_sample, together, n, k):
+    """With 4 rows, queries draw their own row among their negatives; the
+    reference does not score it."""
+    head = make_head(n=n, k=k, per_sample=per_sample, together=together)
     mem = head.memory
     banks = {key: mem.bank(*key).clone() for key in mem.keys}
-    index = torch.tensor([3, 17, 42, 8])
+    index = torch.tensor([3, 17, 42, 8]) % n
     slow = {d: unit(4, 6) for d in DEPTHS}
     fast = {d: unit(4, 6) for d in DEPTHS}
     # the negatives the head will draw this step (seeded by the step count)
-    shape = (4, 7) if per_sample else (7, )
+    shape = (4, k) if per_sample else (k, )
     negs = mem.sample_negatives(shape)
+    own = (negs == index[:, None]) if per_sample else (
+        negs[None] == index[:, None])
+    assert own.any() == (n == 4)
     losses = head.loss(slow, fast, index)
     for d, w in zip(DEPTHS, (1.0, 0.5, 2.0)):
         ref = 0.0
         for q, other in ((slow[d], 'fast'), (fast[d], 'slow')):
-            bank = banks[(d, other)]
-            ref += reference_nce(q, bank[index], bank[negs], 0.2)
+            ref += reference_nce(q, banks[(d, other)], index, negs, 0.2)
         assert losses[f'loss_{d}'].item() == pytest.approx(w * ref, rel=1e-5)
         assert 0.0 <= losses[f'acc_{d}'].item() <= 1.0
 
@@ -70,12 +77,14 @@ def test_fused_gradient_equals_autograd_through_the_logits(per_sample):
     """Bank rows take the fused InfoNCE (gradient computed in the forward
     pass); the loss, accuracy and query gradient of every group, scaled by
     its own upstream gradient, equal plain autograd through cross-entropy in
-    float64, one group at a time."""
+    float64 over the negatives not excluded, one group at a time."""
     torch.manual_seed(1)
     q = unit(3, 5, 6).requires_grad_()
     pos = unit(3, 5, 6)
     negs = unit(3, 5, 9, 6) if per_sample else unit(3, 9, 6)
-    loss, acc = info_nce(q, pos, negs, 0.1)
+    exclude = torch.rand(5, 9) < 0.3
+    assert exclude.any()
+    loss, acc = info_nce(q, pos, negs, 0.1, exclude)
     assert loss.shape == acc.shape == (3, )
     upstream = torch.tensor([3.0, 0.5, -1.0])
     (upstream * loss).sum().backward()
@@ -85,6 +94,7 @@ def test_fused_gradient_equals_autograd_through_the_logits(per_sample):
         n64 = negs[g].double()
         l_neg = (torch.einsum('bd,bkd->bk', q64, n64) if per_sample
                  else q64 @ n64.t())
+        l_neg = torch.where(exclude, -math.inf, l_neg)
         logits = torch.cat(
             [(q64 * pos[g].double()).sum(1, keepdim=True), l_neg], dim=1) / 0.1
         ref = F.cross_entropy(logits, torch.zeros(5, dtype=torch.long))
@@ -103,11 +113,12 @@ def test_autograd_form_equals_the_fused_one():
     torch.manual_seed(2)
     q = unit(6, 4, 6)
     pos, negs = unit(6, 4, 6), unit(6, 11, 6)
+    exclude = torch.rand(4, 11) < 0.3
     out = {}
     for form in ('fused', 'autograd'):
         qf = q.clone().requires_grad_()
         p = pos.clone().requires_grad_(form == 'autograd')
-        loss, acc = info_nce(qf, p, negs, 0.07)
+        loss, acc = info_nce(qf, p, negs, 0.07, exclude)
         (loss * torch.arange(1.0, 7.0)).sum().backward()
         out[form] = (loss.detach(), acc, qf.grad)
     for a, b in zip(out['fused'], out['autograd']):

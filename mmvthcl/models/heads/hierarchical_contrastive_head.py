@@ -2,10 +2,11 @@
 
 At every depth d (res3, res4, res5) each tempo has its own projection φ. The
 slow embedding of instance i is a query against the *fast* bank of depth d
-(positive: the fast bank's row i; negatives: K other rows), and the fast
-embedding queries the slow bank; the two directions are summed (CMC's
-symmetric loss) and weighted per depth. After the loss the banks take the
-step's embeddings (see :class:`HierarchicalMemoryBank`).
+(positive: the fast bank's row i; negatives: K rows drawn at random, less
+row i if it is drawn), and the fast embedding queries the slow bank; the
+two directions are summed (CMC's symmetric loss) and weighted per depth.
+After the loss the banks take the step's embeddings (see
+:class:`HierarchicalMemoryBank`).
 """
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -118,14 +119,18 @@ class Projection(nn.Module):
 
 
 def _logits(query: torch.Tensor, positive: torch.Tensor,
-            negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+            negatives: torch.Tensor, temperature: float,
+            exclude: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(G, B, 1 + K) scores of G groups of B queries, the positive first,
-    divided by T."""
+    divided by T; negatives marked in ``exclude`` score −inf."""
     l_pos = (query * positive).sum(dim=-1, keepdim=True)
     if negatives.dim() == 3:  # (G, K, D): shared by the group's queries
         l_neg = torch.bmm(query, negatives.transpose(1, 2))
     else:  # (G, B, K, D): K of its own for every query
         l_neg = (negatives @ query.unsqueeze(-1)).squeeze(-1)
+    if exclude is not None:
+        # in place: the products' backward needs their inputs, not l_neg
+        l_neg.masked_fill_(exclude, float('-inf'))
     return torch.cat([l_pos, l_neg], dim=-1) / temperature
 
 
@@ -151,14 +156,15 @@ class _FusedInfoNCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, positive, negatives, temperature):
-        logits = _logits(query, positive, negatives, temperature)
+    def forward(ctx, query, positive, negatives, temperature, exclude):
+        logits = _logits(query, positive, negatives, temperature, exclude)
         loss, acc, log_p = _loss_and_acc(logits)
         ctx.mark_non_differentiable(acc)
         if not ctx.needs_input_grad[0]:
             ctx.save_for_backward(None)
             return loss, acc
         # d loss / d logits, then through the division by T and the scores
+        # (an excluded negative has probability 0, so no gradient)
         g = log_p.float().exp_()
         g[..., 0] -= 1
         g /= logits.shape[1] * temperature
@@ -177,11 +183,15 @@ class _FusedInfoNCE(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, grad_acc):
         grad, = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype)[:, None, None], None, None, None
+        return (grad * grad_loss.to(grad.dtype)[:, None, None], None, None,
+                None, None)
 
 
-def info_nce(query: torch.Tensor, positive: torch.Tensor,
-             negatives: torch.Tensor, temperature: float) -> tuple:
+def info_nce(query: torch.Tensor,
+             positive: torch.Tensor,
+             negatives: torch.Tensor,
+             temperature: float,
+             exclude: Optional[torch.Tensor] = None) -> tuple:
     """InfoNCE of G groups of unit queries, each against one positive and K
     negatives.
 
@@ -191,6 +201,8 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor,
         negatives (Tensor): (G, K, D), shared by the B queries of a group,
             or (G, B, K, D).
         temperature (float): T in exp(q·k / T).
+        exclude (Tensor, optional): (B, K) booleans, the same for every
+            group: negatives left out of query b's softmax. Defaults to None.
 
     Returns:
         tuple: The mean loss of each group, (G, ), and the fraction of each
@@ -204,9 +216,10 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor,
     # time: 10.7 vs 13.8 ms per step, benchmarks/README.md), while K shared
     # rows are little memory.
     if from_bank and not (query.is_cuda and negatives.dim() == 3):
-        return _FusedInfoNCE.apply(query, positive, negatives, temperature)
+        return _FusedInfoNCE.apply(query, positive, negatives, temperature,
+                                   exclude)
     loss, acc, _ = _loss_and_acc(
-        _logits(query, positive, negatives, temperature))
+        _logits(query, positive, negatives, temperature, exclude))
     return loss, acc.detach()
 
 
@@ -383,6 +396,11 @@ class HierarchicalContrastiveHead(BaseModule):
         shape = (batch, self.num_negatives) if self.per_sample_negatives \
             else (self.num_negatives, )
         negatives = self.memory.sample_negatives(shape, device=index.device)
+        # A query's own row drawn among its negatives would be its positive
+        # scored twice, once as a negative: the pull towards it would stop
+        # at probability 1/2 (with the demo's K = 256 of 400 videos, half
+        # the queries). It is left out; the same rows for every bank.
+        exclude = negatives == index.unsqueeze(-1)  # (B, K)
         # All embeddings in one (2·depths, B, D) tensor, in the banks'
         # order, so that the losses can be one batch of operations; each
         # embedding reads the other tempo's bank.
@@ -398,7 +416,7 @@ class HierarchicalContrastiveHead(BaseModule):
             loss, hit = info_nce(
                 queries[group],
                 *self.memory.fetch(index, negatives, reads[group]),
-                self.temperature)
+                self.temperature, exclude)
             nce.append(loss)
             acc.append(hit)
         nce = torch.cat(nce).view(len(self.depths), 2)
