@@ -117,7 +117,7 @@ def helpers_dir(tmp_path_factory):
 def write_tiny_config(path, ann_file, data_root=VIDEOS, loop='iter',
                       max_iters=5, max_epochs=2, workers=0, hooks=(),
                       skip_bad_videos=False, ckpt_interval=1, helpers=True,
-                      extra=''):
+                      batch_size=2, drop_last=True, extra=''):
     """A tiny R18 pretraining config (base 8, 32 px, 4-frame clips) that
     keeps everything of the shipped one: RobustVideoDataset,
     ResumableSampler (shuffled), ExactResumeHook, BadVideoHook, a cosine
@@ -142,7 +142,8 @@ clip_pipeline = [
     dict(type='FormatShape', input_format='NCTHW'),
 ]
 train_dataloader = dict(
-    batch_size=2, num_workers={workers}, persistent_workers={workers > 0},
+    batch_size={batch_size}, drop_last={drop_last}, num_workers={workers},
+    persistent_workers={workers > 0},
     dataset=dict(
         ann_file={str(ann_file)!r},
         data_prefix=dict(video={str(data_root)!r}),

@@ -20,8 +20,16 @@ from .test_reliability import read_records, train, write_tiny_config
 
 pytestmark = pytest.mark.slow
 
-# loop → (length in iterations, checkpoint that ends a run of this loop)
-LOOPS = dict(iter=(5, 'iter_5.pth'), epoch=(6, 'iter_6.pth'))
+# run → (loop, batch size, drop_last, length in iterations, checkpoint that
+# ends it), over the 6 shared videos
+RUNS = {
+    'iter': ('iter', 2, True, 5, 'iter_5.pth'),
+    'epoch': ('epoch', 2, True, 6, 'iter_6.pth'),
+    # passes of a batch of 4 and one of 2
+    'iter-partial': ('iter', 4, False, 5, 'iter_5.pth'),
+    # passes of one batch of 4; the other 2 indices are drawn, then dropped
+    'iter-dropped': ('iter', 4, True, 5, 'iter_5.pth'),
+}
 
 
 def assert_same(a, b, path='checkpoint'):
@@ -53,50 +61,60 @@ def logged_losses(stdout):
     return re.findall(r'\[\d+/\d+\] .*?  loss: (\S+)', stdout)
 
 
-def tiny(tmp_path, name, video_list, loop, workers, record, hooks=()):
+def tiny(tmp_path, name, video_list, run, workers, record, hooks=()):
+    loop, batch_size, drop_last, _, _ = RUNS[run]
     return write_tiny_config(
         tmp_path / f'{name}.py', video_list, loop=loop, workers=workers,
+        batch_size=batch_size, drop_last=drop_last,
         hooks=[f"dict(type='RecordSteps', out={str(record)!r})"] +
         list(hooks))
 
 
 @pytest.fixture(scope='module')
 def references(tmp_path_factory, helpers_dir, shared_videos):  # noqa: F811
-    """Uninterrupted runs, one per loop type (num_workers=0)."""
+    """Uninterrupted runs (num_workers=0), made when a test first asks."""
     root = tmp_path_factory.mktemp('reference')
     ann = root / 'videos.txt'
     ann.write_text(''.join(f'{v} 0\n' for v in shared_videos))
     out = {}
-    for loop in LOOPS:
-        record = root / f'{loop}.jsonl'
-        cfg = tiny(root, loop, str(ann), loop, 0, record)
-        work = root / loop
-        stdout = train(cfg, work, helpers_dir).stdout
-        out[loop] = dict(work=work, records=read_records(record),
-                         losses=logged_losses(stdout), ann=str(ann))
-    return out
+
+    def get(run):
+        if run not in out:
+            record = root / f'{run}.jsonl'
+            cfg = tiny(root, run, str(ann), run, 0, record)
+            work = root / run
+            stdout = train(cfg, work, helpers_dir).stdout
+            out[run] = dict(work=work, records=read_records(record),
+                            losses=logged_losses(stdout), ann=str(ann))
+        return out[run]
+
+    return get
 
 
-@pytest.mark.parametrize('loop, workers, kill_after', [
+@pytest.mark.parametrize('run, workers, kill_after', [
     ('iter', 0, 2),
     ('iter', 2, 4),  # the resumed run re-draws a whole pass first
     ('epoch', 0, 3),  # saved after the epoch's last batch, before its end
     ('epoch', 2, 4),  # saved in the middle of the second epoch
+    # the re-drawn passes hold fewer (partial last batch) or more (dropped
+    # indices) indices than their batches
+    ('iter-partial', 0, 3),
+    ('iter-dropped', 2, 2),
 ])
 def test_resumed_run_equals_uninterrupted_run(
-        tmp_path, references, helpers_dir, loop, workers,  # noqa: F811
+        tmp_path, references, helpers_dir, run, workers,  # noqa: F811
         kill_after):
-    ref = references[loop]
-    n, final = LOOPS[loop]
+    ref = references(run)
+    loop, _, _, n, final = RUNS[run]
     work = tmp_path / 'work'
     first, second = tmp_path / 'first.jsonl', tmp_path / 'second.jsonl'
-    cfg = tiny(tmp_path, 'killed', ref['ann'], loop, workers, first,
+    cfg = tiny(tmp_path, 'killed', ref['ann'], run, workers, first,
                hooks=[f"dict(type='KillAfterIter', iters={kill_after})"])
     killed = train(cfg, work, helpers_dir, check=False)
     assert killed.returncode == 3, killed.stdout[-3000:]
     assert not (work / final).exists()
 
-    cfg = tiny(tmp_path, 'resumed', ref['ann'], loop, workers, second)
+    cfg = tiny(tmp_path, 'resumed', ref['ann'], run, workers, second)
     resumed = train(cfg, work, helpers_dir, '--resume',
                     str(work / f'iter_{kill_after}.pth')).stdout
     assert f'iter: {kill_after}' in resumed
@@ -120,7 +138,7 @@ def test_resumed_run_equals_uninterrupted_run(
 
 def test_nan_loss_stops_the_run_and_keeps_its_checkpoints(
         tmp_path, references, helpers_dir):  # noqa: F811
-    ref = references['iter']
+    ref = references('iter')
     work = tmp_path / 'work'
     cfg = tiny(tmp_path, 'nan', ref['ann'], 'iter', 0,
                tmp_path / 'steps.jsonl',

@@ -30,6 +30,18 @@ def train_batch_size(runner) -> int:
     return loader.batch_sampler.batch_size
 
 
+def indices_drawn(runner, sampler, num_batches: int) -> int:
+    """Indices the loader takes from ``sampler`` to make ``num_batches``
+    batches, passes included.
+
+    A pass draws all ``sampler.num_samples`` indices of this rank whatever
+    its batches: the last one is partial, or with ``drop_last`` its
+    leftover indices are drawn and thrown away.
+    """
+    passes, batches = divmod(num_batches, len(runner.train_dataloader))
+    return passes * sampler.num_samples + batches * train_batch_size(runner)
+
+
 @HOOKS.register_module()
 class ExactResumeHook(Hook):
     """Make ``--resume`` continue exactly where the checkpoint left off.
@@ -104,7 +116,8 @@ class ExactResumeHook(Hook):
             if resumable:
                 # the loop now re-draws runner.iter batches and throws them
                 # away: mark them so they are not decoded
-                sampler.discard_next(runner.iter * train_batch_size(runner))
+                sampler.discard_next(
+                    indices_drawn(runner, sampler, runner.iter))
             if resumable or new_seed:
                 # the loop's iterator was made before the resume (with the
                 # old seed, already prefetching): make it again, so it
