@@ -71,6 +71,8 @@ train_dataloader = dict(
     batch_size=8,
     num_workers=8,
     persistent_workers=True,
+    # φ's BatchNorm cannot train on a last batch of one clip
+    drop_last=True,
     # DefaultSampler's order; skips the trained part of an epoch on resume
     sampler=dict(type='ResumableSampler', shuffle=True),
     dataset=dict(

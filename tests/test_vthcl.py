@@ -151,3 +151,44 @@ def test_missing_dataset_index_is_explained():
     data['data_samples'] = [ActionDataSample() for _ in range(2)]
     with pytest.raises(KeyError, match="algorithm_keys=\\('sample_idx',\\)"):
         model(**data, mode='loss')
+
+
+def test_a_training_batch_of_one_clip_names_the_fix():
+    """φ's BatchNorm cannot train on one clip; the shipped configs drop a
+    last partial batch, and a batch of one says what to set."""
+    from mmengine.config import Config
+
+    from .conftest import R18_CONFIG
+    assert Config.fromfile(R18_CONFIG).train_dataloader.drop_last is True
+    model = build()
+    data = model.data_preprocessor(batch(b=1, idx=(3, )), True)
+    with pytest.raises(ValueError, match='drop_last=True'):
+        model(**data, mode='loss')
+    # SyncBN normalises over every rank's clips: not refused
+    sync = build(head=dict(norm_cfg=dict(type='SyncBN')))
+    assert not sync._plain_batch_norm() and build()._plain_batch_norm()
+
+
+def test_sample_index_outside_the_banks_names_the_key():
+    model = build()
+    data = model.data_preprocessor(batch(idx=(3, 20)), True)
+    with pytest.raises(IndexError, match=r'sample_idx 20 is outside the '
+                       r'memory banks \(20 rows, model.head.memory'):
+        model(**data, mode='loss')
+
+
+def test_predict_mode_unfolds_views():
+    """Clips of V views are folded into the batch for the encoders; each
+    sample gets back its own (V, D) embeddings."""
+    model = build().eval()
+    data = model.data_preprocessor(batch(), False)
+    imgs = data['inputs']['imgs'][:, 0]  # (B, 1, C, T, H, W): one view
+    views = torch.stack([imgs, imgs.flip(-1), imgs.flip(-2)], dim=1)
+    with torch.no_grad():
+        out = model(dict(imgs=views), [ActionDataSample() for _ in range(2)],
+                    mode='predict')
+        flat = model(dict(imgs=views.flatten(0, 1)), mode='tensor')
+    for name, v in flat.items():
+        assert out[0].get(name).shape == (3, v.shape[-1])
+        for i in range(2):
+            torch.testing.assert_close(out[i].get(name), v[3 * i:3 * i + 3])

@@ -163,14 +163,24 @@ class VTHCL(BaseModel):
 
     @staticmethod
     def sample_index(data_samples: Sequence[ActionDataSample],
-                     device) -> torch.Tensor:
-        """Dataset indices of the batch (the memory-bank keys)."""
+                     device,
+                     num_samples: Optional[int] = None) -> torch.Tensor:
+        """Dataset indices of the batch (the memory-bank keys), checked
+        against the bank size ``num_samples`` on the host (on a GPU an index
+        out of range would only raise a device-side assert)."""
         try:
             index = [int(ds.sample_idx) for ds in data_samples]
         except (AttributeError, TypeError):
             raise KeyError(
                 'VTHCL needs each sample\'s dataset index: end the pipeline '
                 "with PackActionInputs(..., algorithm_keys=('sample_idx',))")
+        if num_samples is not None:
+            bad = [i for i in index if not 0 <= i < num_samples]
+            if bad:
+                raise IndexError(
+                    f'sample_idx {bad[0]} is outside the memory banks '
+                    f'({num_samples} rows, model.head.memory.num_samples): '
+                    'the banks must have one row per training sample')
         return host_to_device(index, device, torch.long)
 
     @staticmethod
@@ -195,9 +205,24 @@ class VTHCL(BaseModel):
                            "hold 'imgs' and 'imgs_fast' (see "
                            'TempoPairDecode)')
         self.check_colors_applied(data_samples)
-        index = self.sample_index(data_samples, inputs['imgs'].device)
+        memory = self.head.memory
+        index = self.sample_index(
+            data_samples, inputs['imgs'].device,
+            memory.num_samples if memory.is_sized else None)
+        if self.training and index.numel() < 2 and self._plain_batch_norm():
+            raise ValueError(
+                "a training batch of 1 clip: φ's BatchNorm needs at least 2 "
+                '(set train_dataloader.drop_last=True, which drops a last '
+                'partial batch, or a batch size of 2 or more)')
         emb = self.embed(inputs)
         return self.head.loss(emb['slow'], emb['fast'], index)
+
+    def _plain_batch_norm(self) -> bool:
+        """Whether φ normalises over the local batch (SyncBN does not)."""
+        return any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            and not isinstance(m, torch.nn.SyncBatchNorm)
+            for m in self.head.projections.modules())
 
     def forward(self,
                 inputs: Dict[str, torch.Tensor],
@@ -214,12 +239,16 @@ class VTHCL(BaseModel):
         if mode == 'tensor':
             return flat
         if mode == 'predict':
-            batch = next(iter(flat.values())).shape[0]
+            rows = next(iter(flat.values())).shape[0]
             if data_samples is None:
-                data_samples = [ActionDataSample() for _ in range(batch)]
-            for i, ds in enumerate(data_samples):
-                for name, v in flat.items():
-                    ds.set_field(v[i], name)
+                data_samples = [ActionDataSample() for _ in range(rows)]
+            # views were folded into the batch: (B·V, D) -> (B, V, D)
+            views = rows // len(data_samples)
+            for name, v in flat.items():
+                if views > 1:
+                    v = v.unflatten(0, (len(data_samples), views))
+                for ds, row in zip(data_samples, v):
+                    ds.set_field(row, name)
             return data_samples
         raise ValueError(f'Invalid mode "{mode}": use loss, tensor or '
                          'predict')
