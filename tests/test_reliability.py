@@ -660,6 +660,31 @@ def test_k_larger_than_the_bank_sized_from_the_dataset(tmp_path,
         runner.train()
 
 
+def test_banks_follow_the_instances_behind_dataset_wrappers(
+        tmp_path, video_list):
+    """Samples carry their inner dataset's index: through RepeatDataset the
+    banks get one row per video, not per repeat; a ConcatDataset, whose
+    parts would share rows, is refused."""
+    cfg = Config.fromfile(write_tiny_config(
+        tmp_path / 'cfg.py', video_list, helpers=False, max_iters=1,
+        extra="train_dataloader['dataset'] = dict(_delete_=True, "
+        "type='RepeatDataset', times=3, dataset=dict("
+        "type='RobustVideoDataset', **train_dataloader['dataset']))"))
+    cfg.work_dir = str(tmp_path / 'work')
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    assert len(runner.train_dataloader.dataset) == 18
+    assert runner.model.head.memory.num_samples == 6
+
+    from mmengine.dataset import ConcatDataset
+
+    from mmvthcl.engine.hooks.memory_bank_hook import instance_dataset
+    inner = runner.train_dataloader.dataset.dataset
+    assert instance_dataset(runner.train_dataloader.dataset) is inner
+    with pytest.raises(ValueError, match='is a ConcatDataset'):
+        instance_dataset(ConcatDataset([inner, inner]))
+
+
 # ------------------------------------------------- tensors-only loading
 class _Boom:
     """Pickles as a call to os.system: what a malicious checkpoint holds."""

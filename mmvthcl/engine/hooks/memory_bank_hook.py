@@ -18,6 +18,28 @@ def find_memory(model):
     return head, memory
 
 
+def instance_dataset(dataset):
+    """The dataset whose indices key the memory banks.
+
+    Samples carry the ``sample_idx`` of the dataset that loads them, so
+    through a wrapper that repeats one dataset (``RepeatDataset``,
+    ``ClassBalancedDataset``) the banks need a row per *inner* sample; rows
+    beyond would never be written and would still be drawn as negatives. A
+    ``ConcatDataset`` numbers each part from 0, so two videos would share a
+    row: it is refused.
+    """
+    from mmengine.dataset import ConcatDataset
+    while not isinstance(dataset, ConcatDataset) and hasattr(
+            dataset, 'dataset') and hasattr(dataset.dataset, '__len__'):
+        dataset = dataset.dataset
+    if isinstance(dataset, ConcatDataset):
+        raise ValueError(
+            'train_dataloader.dataset is a ConcatDataset: its parts number '
+            'their samples from 0 each, so two videos would share a memory '
+            'bank row; list all videos in one annotation file instead')
+    return dataset
+
+
 def _state_dict_prefix(model, module) -> str:
     model = model.module if is_model_wrapper(model) else model
     for name, m in model.named_modules():
@@ -68,7 +90,7 @@ class MemoryBankHook(SyncBuffersHook):
         loop = getattr(runner, '_train_loop', None)
         if not isinstance(loop, BaseLoop):
             return  # not a training run
-        dataset = loop.dataloader.dataset
+        dataset = instance_dataset(loop.dataloader.dataset)
         n = len(dataset)
         head, memory = find_memory(runner.model)
         if memory.size_fixed and memory.num_samples != n:
