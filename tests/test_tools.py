@@ -36,10 +36,22 @@ def test_train_arguments_reach_the_config(stock_config, tmp_path):
     assert cfg.work_dir == osp.join('./work_dirs', 'stock')
 
 
-def test_train_resume_forms(stock_config):
+def test_train_resume_forms(stock_config, tmp_path):
     train = load_tool('train')
-    cfg = train.build_config(train.parse_args([stock_config, '--resume']))
-    assert cfg.resume is True and cfg.load_from is None
+    work = tmp_path / 'work'
+    work.mkdir()
+    args = [stock_config, '--work-dir', str(work), '--cfg-options',
+            'load_from=pretrained_backbone.pth']
+    # nothing to resume yet (pre-empted before the first checkpoint): start
+    # as configured, from the pretrained weights
+    cfg = train.build_config(train.parse_args(args + ['--resume']))
+    assert cfg.resume is False
+    assert cfg.load_from == 'pretrained_backbone.pth'
+    # a checkpoint in the work dir: resume from it
+    (work / 'epoch_3.pth').write_bytes(b'')
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_3.pth'))
+    cfg = train.build_config(train.parse_args(args + ['--resume']))
+    assert cfg.resume is True and cfg.load_from == str(work / 'epoch_3.pth')
     cfg = train.build_config(
         train.parse_args([stock_config, '--resume', 'x/epoch_3.pth']))
     assert cfg.resume is True and cfg.load_from == 'x/epoch_3.pth'
@@ -65,3 +77,25 @@ def test_test_tool_sets_checkpoint_and_dump(stock_config):
     with pytest.raises(ValueError, match='--dump must end with .pkl'):
         test.build_config(test.parse_args(
             [stock_config, 'ckpt.pth', '--dump', 'out.txt']))
+
+
+@pytest.mark.parametrize('gpus, per_node', [('4', '4'), ('16', '8')])
+def test_slurm_script_books_what_it_uses(tmp_path, gpus, per_node):
+    """The srun line (an srun on PATH that prints its arguments): fewer GPUs
+    than a node's 8 book only those."""
+    import os
+    import subprocess
+    srun = tmp_path / 'srun'
+    srun.write_text('#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n')
+    srun.chmod(0o755)
+    env = dict(os.environ, GPUS=gpus,
+               PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run(
+        ['bash', osp.join(osp.dirname(osp.dirname(__file__)), 'tools',
+                          'slurm_train.sh'), 'part', 'job', 'cfg.py',
+         '--resume'], env=env, check=True, capture_output=True,
+        text=True).stdout.split('\n')
+    assert f'--ntasks={gpus}' in out
+    assert f'--ntasks-per-node={per_node}' in out
+    assert f'--gres=gpu:{per_node}' in out
+    assert out[-5:] == ['cfg.py', '--launcher', 'slurm', '--resume', '']

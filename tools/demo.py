@@ -125,8 +125,12 @@ def main(argv=None):
     knn_args = ['--train-ann', train_ann, '--val-ann', val_ann,
                 '--data-root', videos]
 
+    # the config's overrides (e.g. another depth) reach every step, so the
+    # random encoder is the architecture that is trained
+    overrides = ['--cfg-options', *args.cfg_options] if args.cfg_options \
+        else []
     baseline = knn_top1(
-        run(['tools/eval_knn.py', args.config, *knn_args]))
+        run(['tools/eval_knn.py', args.config, *knn_args, *overrides]))
     print(f'knn top-1, random initialisation: {baseline:.2f}')
 
     options = [
@@ -154,8 +158,6 @@ def main(argv=None):
         raise SystemExit(f'demo: training wrote no checkpoint in {work}')
     ckpt = ckpts[-1]
 
-    overrides = ['--cfg-options', *args.cfg_options] if args.cfg_options \
-        else []
     pretrained = knn_top1(
         run(['tools/eval_knn.py', args.config, ckpt, *knn_args,
              *overrides]))

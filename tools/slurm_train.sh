@@ -11,6 +11,11 @@ JOB_NAME=$2
 CONFIG=$3
 GPUS=${GPUS:-8}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+# fewer GPUs than a node holds: ask for only those (4 tasks on a node that
+# would otherwise be booked for 8)
+if [ "$GPUS" -lt "$GPUS_PER_NODE" ]; then
+    GPUS_PER_NODE=$GPUS
+fi
 CPUS_PER_TASK=${CPUS_PER_TASK:-5}
 SRUN_ARGS=${SRUN_ARGS:-}
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

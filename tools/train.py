@@ -9,7 +9,7 @@ import os.path as osp
 
 import mmvthcl  # noqa: F401  (registers mmvthcl types, applies compat fixes)
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
+from mmengine.runner import Runner, find_latest_checkpoint
 
 from mmaction.registry import RUNNERS
 from mmvthcl.compat import adapt_config_for_device, release_process_group
@@ -25,7 +25,8 @@ def parse_args(argv=None):
         type=str,
         const='auto',
         help='resume from CHECKPOINT, or from the latest checkpoint in the '
-        'work dir when no path is given')
+        'work dir when no path is given (with none there yet, start as the '
+        'config says, load_from included)')
     parser.add_argument(
         '--amp', action='store_true', help='automatic mixed precision')
     parser.add_argument(
@@ -74,8 +75,13 @@ def build_config(args) -> Config:
         cfg.work_dir = osp.join('./work_dirs',
                                 osp.splitext(osp.basename(args.config))[0])
     if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
+        # MMEngine's own 'auto' drops load_from, so a fine-tuning run
+        # pre-empted before its first checkpoint would restart silently
+        # from random weights; with nothing to resume, start as configured
+        latest = find_latest_checkpoint(cfg.work_dir)
+        cfg.resume = latest is not None
+        if latest is not None:
+            cfg.load_from = latest
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
