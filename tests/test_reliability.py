@@ -779,3 +779,27 @@ def test_transfer_config_fields_run_nothing_from_the_checkpoint(
     backbone.init_weights()
     _same(backbone.state_dict(), expected)
     assert not evil['marker'].exists()
+
+
+def test_sharded_memory_refuses_save_best_on_every_rank():
+    """save_best saves outside the regular saves, for which a sharded
+    memory gathers its banks; refused when the run starts."""
+    from types import SimpleNamespace
+
+    from mmengine.hooks import CheckpointHook
+
+    from mmvthcl.engine.hooks import MemoryBankHook
+    model = MODELS.build(dict(
+        type='VTHCL',
+        backbone=dict(type='VTHCLResNet3d', depth=18, base_channels=8),
+        head=dict(type='HierarchicalContrastiveHead', num_negatives=2,
+                  memory=dict(type='HierarchicalMemoryBank', num_samples=8,
+                              sharded=True))))
+    hook = MemoryBankHook()
+    hook.distributed = True  # as on every rank of a multi-GPU run
+    runner = SimpleNamespace(
+        model=model, hooks=[hook, CheckpointHook(save_best='knn/top1')])
+    with pytest.raises(ValueError, match=r'save_best=\['):
+        hook.before_run(runner)
+    runner.hooks[1] = CheckpointHook(interval=1)
+    hook.before_run(runner)  # regular saves only: fine

@@ -87,12 +87,22 @@ class MemoryBankHook(SyncBuffersHook):
                         "banks across ranks: set default_hooks.sync_buffers="
                         "dict(type='MemoryBankHook') instead of adding "
                         'MemoryBankHook to custom_hooks')
+        head, memory = find_memory(runner.model)
+        best = [h for h in runner.hooks
+                if isinstance(h, CheckpointHook) and h.save_best]
+        if memory.sharded and self.distributed and best:
+            # refused on every rank now: at the save itself only rank 0
+            # would fail, and the others would wait for it forever
+            raise ValueError(
+                f'default_hooks.checkpoint.save_best={best[0].save_best} '
+                'with a sharded memory: its banks are gathered only for the '
+                'regular saves (interval / last); set save_best=None or '
+                'model.head.memory.sharded=False')
         loop = getattr(runner, '_train_loop', None)
         if not isinstance(loop, BaseLoop):
             return  # not a training run
         dataset = instance_dataset(loop.dataloader.dataset)
         n = len(dataset)
-        head, memory = find_memory(runner.model)
         if memory.size_fixed and memory.num_samples != n:
             raise ValueError(
                 f'model.head.memory.num_samples={memory.num_samples} does '
