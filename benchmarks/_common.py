@@ -333,11 +333,15 @@ def _child(conn, fn, args):
         conn.close()
 
 
-def in_fresh_process(fn: Callable, *args, timeout: float = 600):
+def in_fresh_process(fn: Callable, *args, timeout: float = 600,
+                     tune_malloc: bool = True):
     """Run ``fn(*args)`` in a new (spawned) interpreter; return its result.
 
     Peak-memory measurements need a process whose high-water mark only the
     measured work has moved; ``fn`` must be a module-level function.
+    ``tune_malloc`` sets glibc's thresholds for resident-memory measurement
+    (see below); leave it off for GPU work, whose memory is PyTorch's
+    allocator's and whose host time those thresholds would slow.
     """
     ctx = mp.get_context('spawn')
     parent, child = ctx.Pipe(duplex=False)
@@ -346,8 +350,9 @@ def in_fresh_process(fn: Callable, *args, timeout: float = 600):
     # freed memory back at once, so that resident memory follows the live
     # allocations instead of a heap that keeps (and silently reuses) what
     # an earlier phase freed
-    saved = {k: os.environ.get(k) for k in _MALLOC_ENV}
-    os.environ.update(_MALLOC_ENV)
+    env = _MALLOC_ENV if tune_malloc else {}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     try:
         proc.start()
     finally:
@@ -357,11 +362,23 @@ def in_fresh_process(fn: Callable, *args, timeout: float = 600):
             else:
                 os.environ[k] = v
     child.close()
-    if not parent.poll(timeout):
-        proc.kill()
-        raise TimeoutError(f'{fn.__name__} took more than {timeout} s')
-    status, value = parent.recv()
-    proc.join()
+    try:
+        if not parent.poll(timeout):
+            raise TimeoutError(f'{fn.__name__} took more than {timeout} s')
+        try:
+            status, value = parent.recv()
+        except EOFError:  # died without a word: a crash or the OOM killer
+            proc.join(30)
+            raise RuntimeError(
+                f'{fn.__name__}: its subprocess died (exit code '
+                f'{proc.exitcode}) before reporting') from None
+    finally:
+        # a child stuck in its teardown (e.g. CUDA's) must not hang the
+        # parent
+        proc.join(30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
     if status != 'ok':
         raise RuntimeError(f'{fn.__name__} failed in its subprocess: {value}')
     return value

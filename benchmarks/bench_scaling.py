@@ -3,21 +3,24 @@
 Part 1. For the default configuration and for one knob changed at a time
 (K negatives, N bank rows, batch, tempo ratio α), a fresh subprocess builds
 the VTHCL model of ``--config``, measures the extra memory at the peak of
-one training step (data preprocessor, both encoders, head, banks, SGD), then
-times ``--reps`` more steps. Memory: CPU, resident high-water mark over the
-resident size after building the model (``VmHWM``, reset through
-``/proc/self/clear_refs``; the banks and weights are already resident);
-GPU, ``torch.cuda.max_memory_allocated`` over the allocated memory. The
-banks themselves take 6 × N × D × 4 bytes, listed apart. Each configuration
-runs in its own process, so times are not interleaved: the default runs
-first and last, and the spread of the two shows the drift of the machine.
+one training step (data preprocessor, both encoders, head, the backward)
+over what a trained model holds between steps (weights, banks, SGD's
+momentum), then times ``--reps`` more steps. Memory: CPU, resident
+high-water mark over the resident size after one tiny warm-up step
+(``VmHWM``, reset through ``/proc/self/clear_refs``); GPU,
+``torch.cuda.max_memory_allocated`` over the allocated memory after three
+warm-up steps at the measured shape (so that cuDNN's autotuning workspaces
+are not counted, and the timed steps find the GPU settled). The banks
+themselves take 6 × N × D × 4 bytes, listed apart. Each configuration runs
+in its own process, so times are not interleaved: the default runs first
+and last, and the spread of the two shows the drift of the machine.
 
 Part 2. Throughput (clips/s, two clips per sample) of the VTHCL training
 pipeline of ``--config`` through an mmengine DataLoader with 0, 1 and 2
 workers, in the order 0, 1, 2, 2, 1, 0 (drift cancels in the mean); each
 measurement times a whole epoch after a warm-up epoch (persistent workers).
 
-    python benchmarks/bench_scaling.py             # ~3 min on 2 CPU cores
+    python benchmarks/bench_scaling.py             # ~5 min on 2 CPU cores
     python benchmarks/bench_scaling.py --quick     # ~20 s
     python benchmarks/bench_scaling.py --device cuda --depth 50 --crop 224
 """
@@ -46,7 +49,8 @@ def parse_args(argv=None):
     parser.add_argument('--num-samples', type=int, default=None,
                         help='default N (240000; quick 20000)')
     parser.add_argument('--reps', type=int, default=None,
-                        help='timed steps per configuration (2)')
+                        help='timed steps per configuration (CPU 2, GPU '
+                        '10)')
     parser.add_argument('--skip-loader', action='store_true')
     parser.add_argument('--loader-samples', type=int, default=None,
                         help='samples per loader pass (32; quick 8)')
@@ -57,7 +61,9 @@ def parse_args(argv=None):
     args.batch = args.batch or (2 if args.quick else 8)
     args.crop = args.crop or (32 if args.quick else 112 if cuda else 64)
     args.num_samples = args.num_samples or (20000 if args.quick else 240000)
-    args.reps = args.reps or 2
+    args.reps = args.reps or (10 if cuda else 2)
+    if args.batch < 2:
+        raise SystemExit('--batch must be at least 2 (φ\'s BatchNorm)')
     args.loader_samples = args.loader_samples or (8 if args.quick else 32)
     return args
 
@@ -79,7 +85,13 @@ def configurations(args):
                    ('α', 'alpha', 1), ('α', 'alpha', 4)]
     rows = [('default', '', base)]
     for knob, key, value in changes:
-        rows.append((knob, value, dict(base, **{key: value})))
+        conf = dict(base, **{key: value})
+        # rows the head would refuse (K > N) or BN cannot train (batch 1)
+        if conf['num_negatives'] <= conf['num_samples'] and conf['batch'] > 1:
+            rows.append((knob, value, conf))
+        else:
+            print(f'skipped {knob} = {value}: K {conf["num_negatives"]}, '
+                  f'N {conf["num_samples"]}, batch {conf["batch"]}')
     if not args.quick:
         rows.append(('default (again)', '', base))
     return rows
@@ -123,9 +135,18 @@ def step_child(args, conf) -> dict:
                 ]),
             data_samples=[ActionDataSample(sample_idx=int(i)) for i in idx])
 
-    # tiny warm-up step: pages in the kernels' code and sets up the thread
-    # pools (CPU growth that is not the step's), leaves no big freed block
-    model.train_step(batch(2, 8, 32, 0), optim)  # BN1d needs 2 clips
+    # CPU: one tiny warm-up step pages in the kernels' code and sets up the
+    # thread pools (growth that is not the step's) and leaves no big freed
+    # block behind, which the resident-size measurement would not see.
+    # GPU: the allocator makes the measurement exact, but the first steps
+    # at a shape run cuDNN's autotuning, whose trial workspaces would count
+    # in the peak, and a single warm-up leaves the GPU unsettled.
+    if dev.startswith('cuda'):
+        for r in range(3):
+            model.train_step(batch(conf['batch'], 8, args.crop, 100 + r),
+                             optim)
+    else:
+        model.train_step(batch(2, 8, 32, 0), optim)  # BN1d needs 2 clips
     data = batch(conf['batch'], 8, args.crop, 1)
     tracker = MemoryTracker(dev)
     tracker.start()
@@ -185,9 +206,10 @@ def time_loader(cfg, seed) -> tuple:
 
 
 def loader_part(args, info):
-    if osp.isdir(VIDEOS):
-        names = sorted(f for f in os.listdir(VIDEOS)
-                       if f.endswith(('.mp4', '.avi')))
+    names = sorted(
+        f for f in os.listdir(VIDEOS)
+        if f.endswith(('.mp4', '.avi'))) if osp.isdir(VIDEOS) else []
+    if names:
         root, what = VIDEOS, f'the {len(names)} shared real videos'
         tmp = None
     else:  # generate some
@@ -241,11 +263,12 @@ def main(argv=None):
         f'R{args.depth}, slow 8x{args.crop}², default batch {args.batch}, '
         f'K 16384, N {args.num_samples}, alpha 2, D 128; '
         f'{args.reps} timed steps per configuration, fresh process each')
+    cuda = args.device.startswith('cuda')
     rows, results = [], []
     base_time = None
     for knob, value, conf in configurations(args):
         res = in_fresh_process(step_child, argparse.Namespace(**vars(args)),
-                               conf)
+                               conf, tune_malloc=not cuda)
         t = median(res['times'])
         if base_time is None:
             base_time = t
@@ -262,9 +285,9 @@ def main(argv=None):
         'step peak MiB', 'banks MiB'
     ], rows)
     print('(step peak: extra memory at the peak of one training step over '
-          'the built model, ' + (
-              'torch.cuda.max_memory_allocated)' if args.device.startswith(
-                  'cuda') else 'resident high-water mark)'))
+          'the model between steps, ' + (
+              'torch.cuda.max_memory_allocated)'
+              if cuda else 'resident high-water mark)'))
     loaders = None if args.skip_loader else loader_part(args, info)
     info['load_after'] = load()
     print(f"load before/after: {info['load_before']} / {info['load_after']}")
