@@ -212,7 +212,10 @@ class ClipColorJitter(ColorJitter):
             Defaults to 0.4.
         saturation (float | tuple[float]): Jitter range for saturation.
             Defaults to 0.4.
-        hue (float | tuple[float]): Jitter range for hue. Defaults to 0.1.
+        hue (float | tuple[float]): Jitter range for hue, in MMAction2's
+            units: h shifts OpenCV's 180-step hue circle by int(h · 255), so
+            0.1 is up to ±25 steps (±51°; torchvision's hue=0.1 is ±36°,
+            about 0.07 here). Defaults to 0.1.
         defer (bool): Only draw the parameters and record them in
             ``results['color_params']``, for ``ClipColorDataPreprocessor`` to
             apply on the model's device. Must come after every transform that

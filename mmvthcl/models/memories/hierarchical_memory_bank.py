@@ -7,7 +7,9 @@ Consistency under DDP. Every rank sees a different part of the global batch.
 Updates are made from the features and dataset indices of *all* ranks
 (``all_gather``), and negatives are drawn from a generator seeded by
 ``(seed, step)``, so every rank holds the same banks and draws the same
-negatives; a 1-process run over the same global batch gives the same banks.
+negatives. A 1-process run over the same global batch gives the same banks
+where an embedding does not depend on the other clips of its batch (BN
+statistics frozen or synchronised); per-rank BN makes the two differ.
 
 Sharded mode. For datasets too large to replicate the banks on every rank
 (10M videos × 6 banks × 128 floats = 30.7 GB), ``sharded=True`` gives each of
