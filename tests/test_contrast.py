@@ -60,8 +60,8 @@ def test_loss_equals_explicit_reference(per_sample, together, n, k):
     # the negatives the head will draw this step (seeded by the step count)
     shape = (4, k) if per_sample else (k, )
     negs = mem.sample_negatives(shape)
-    own = (negs == index[:, None]) if per_sample else (
-        negs[None] == index[:, None])
+    # (B, K) with per-sample negatives, (K, ) broadcast to (B, K) if shared
+    own = negs == index[:, None]
     assert own.any() == (n == 4)
     losses = head.loss(slow, fast, index)
     for d, w in zip(DEPTHS, (1.0, 0.5, 2.0)):
