@@ -18,6 +18,8 @@ One run per variant is one draw: a change that only alters floating-point
 rounding moves the demo's kNN top-1 by several points (README), so compare
 variants over training seeds, ``--train-seeds 0 1 2`` (3 runs per variant),
 which prints each seed's top-1, their mean and their range.
+``--variants 1 2`` reruns only some variants (their table positions, the
+numbers of their output folders), e.g. after one changed.
 """
 import argparse
 import importlib.util
@@ -49,7 +51,17 @@ def parse_args(argv=None):
     parser.add_argument('--train-seeds', type=int, nargs='+', default=None,
                         help='pretrain each variant once per seed '
                         '(randomness.seed); default: the config\'s seed, once')
-    return parser.parse_args(argv)
+    parser.add_argument('--variants', type=int, nargs='+', default=None,
+                        help='run only these variants, by their position in '
+                        'the table (0 full, 1 res5 only, 2 α = 1; the same '
+                        'numbers as the output folders variant*); default: '
+                        'all')
+    args = parser.parse_args(argv)
+    for i in args.variants or []:
+        if not 0 <= i < len(VARIANTS):
+            parser.error(f'--variants: no variant {i} (there are '
+                         f'{len(VARIANTS)}: 0 to {len(VARIANTS) - 1})')
+    return args
 
 
 def load_demo():
@@ -73,6 +85,8 @@ def main(argv=None):
     seeds = args.train_seeds or [None]
     rows = []
     for i, (name, options) in enumerate(VARIANTS.items()):
+        if args.variants is not None and i not in args.variants:
+            continue
         print(f'== {name}', flush=True)
         runs = []
         for seed in seeds:

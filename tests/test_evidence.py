@@ -386,6 +386,43 @@ def test_ablation_table_summarises_the_seeds(capsys):
     assert lines[2] == '| full | 20.0 | 60.0 |  | +40.0 | 5.0 min |'
 
 
+def test_ablation_runs_only_the_chosen_variants(tmp_path, monkeypatch,
+                                                capsys):
+    """``--variants`` picks variants by their table position (the number of
+    their output folders) and refuses one that does not exist."""
+    import sys
+    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+    try:
+        import ablation
+    finally:
+        sys.path.remove(osp.join(ROOT, 'benchmarks'))
+    tags = []
+
+    def fake_run(args, out, data, tag, options):
+        tags.append((tag, options))
+        return 20.0, 50.0, 1.0
+
+    class FakeDemo:
+        @staticmethod
+        def prepare_dataset(*args, **kwargs):
+            pass
+
+    monkeypatch.setattr(ablation, 'run_variant', fake_run)
+    monkeypatch.setattr(ablation, 'load_demo', lambda: FakeDemo)
+    ablation.main(['--out', str(tmp_path), '--variants', '2', '1',
+                   '--train-seeds', '0', '1'])
+    names = list(ablation.VARIANTS)
+    assert [t for t, _ in tags] == ['variant1_seed0', 'variant1_seed1',
+                                    'variant2_seed0', 'variant2_seed1']
+    assert tags[2][1] == ablation.VARIANTS[names[2]] + ['randomness.seed=0']
+    table = capsys.readouterr().out
+    assert names[1] in table and names[2] in table
+    assert names[0] not in table
+    with pytest.raises(SystemExit):
+        ablation.parse_args(['--variants', str(len(names))])
+    assert f'no variant {len(names)}' in capsys.readouterr().err
+
+
 def test_supervised_reference_matches_the_demo():
     """The labelled reference trains as many steps as the demo, with the
     demo's encoder, and is scored on the clip the demo's kNN uses (the two
