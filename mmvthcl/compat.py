@@ -193,7 +193,9 @@ def adapt_config_for_device(cfg, launcher: str = 'none') -> None:
     (stock configs ask for nccl), and DDP must not receive ``device_ids``
     (MMEngine passes ``[LOCAL_RANK]``, which DDP rejects for CPU modules).
     Memory banks are synchronised by VTHCL itself, so the wrapper never
-    broadcasts buffers. GPU runs are left untouched.
+    broadcasts buffers. A top-level ``find_unused_parameters``, which MMEngine
+    reads only when it builds the wrapper itself, is carried into the
+    wrapper built here. GPU runs are left untouched.
 
     Args:
         cfg (mmengine.Config): The config, modified in place.
@@ -207,7 +209,8 @@ def adapt_config_for_device(cfg, launcher: str = 'none') -> None:
     env_cfg['dist_cfg'] = dict(env_cfg.get('dist_cfg') or {}, backend='gloo')
     cfg.env_cfg = env_cfg
     wrapper = dict(cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False))
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False)))
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
 

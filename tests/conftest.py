@@ -2,6 +2,7 @@ import importlib.util
 import logging
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
 
@@ -57,6 +58,13 @@ def load_tool(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def free_port() -> int:
+    # a fixed port can still be taken (another run, TIME_WAIT): ask the OS
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def run_tool(*args, env=None, timeout=900, check=True):

@@ -170,6 +170,12 @@ def test_config_adapted_for_cpu_distributed_runs():
         assert cfg.env_cfg.dist_cfg.backend == 'gloo'
         assert cfg.model_wrapper_cfg.device_ids is None
         assert cfg.model_wrapper_cfg.broadcast_buffers is False
+        assert cfg.model_wrapper_cfg.find_unused_parameters is False
+    # the top-level key MMEngine reads for the wrapper it builds itself
+    cfg = Config(dict(find_unused_parameters=True))
+    compat.adapt_config_for_device(cfg, 'pytorch')
+    if not torch.cuda.is_available():
+        assert cfg.model_wrapper_cfg.find_unused_parameters is True
 
 
 def test_color_jitter_hue_fixed_for_numpy2():

@@ -5,14 +5,13 @@ encoders, no norm in φ, deterministic clips), so a 2-process run and a
 1-process run over the same global batches must give the same banks.
 """
 import os
-import socket
 
 import pytest
 import torch
 
 from mmvthcl.compat import load_tensors_only
 
-from .conftest import ROOT, run_tool, write_pretrain_config
+from .conftest import ROOT, free_port, run_tool, write_pretrain_config
 
 pytestmark = pytest.mark.slow
 
@@ -35,13 +34,6 @@ DETERMINISTIC_PIPELINE = """[
     dict(type='PackActionInputs', collect_keys=('imgs', 'imgs_fast'),
          algorithm_keys=('sample_idx', )),
 ]"""
-
-
-def free_port() -> int:
-    # a fixed port can still be taken (another run, TIME_WAIT): ask the OS
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def train(tmp_path, video_list, name, nproc, batch, *cfg_options):

@@ -23,9 +23,11 @@ from mmengine.registry import init_default_scope
 
 from mmaction.registry import MODELS
 from mmaction.structures import ActionDataSample
+from mmvthcl.compat import load_tensors_only
 from mmvthcl.models import VTHCLResNet3d, export_encoder
 
-from .conftest import R18_CONFIG, ROOT, VIDEOS, load_tool, run_tool
+from .conftest import (R18_CONFIG, ROOT, VIDEOS, free_port, load_tool,
+                       run_tool)
 
 REC_DIR = osp.join(ROOT, 'configs', 'recognition')
 DET_DIR = osp.join(ROOT, 'configs', 'detection')
@@ -470,11 +472,11 @@ default_hooks = dict(logger=dict(interval=1))
     assert not glob.glob(osp.join(ROOT, 'AVA_*_result.csv'))
 
 
-@pytest.mark.slow
-def test_recognition_finetune_and_test(pretrained, tmp_path, shared_videos):
-    # 4 videos, 2 classes; the 1080p one is left out (slow to decode)
-    videos = [v for v in shared_videos if 'skeleton' not in v][:4]
-    ann = tmp_path / 'two_classes.txt'
+def _tiny_recognition_config(path, base, load_from, videos,
+                             batch_size=2):
+    """``base``, a shipped recognition config, on 2 classes of ``videos``
+    with 64² clips, for one epoch on CPU; written to ``path``."""
+    ann = path.parent / f'{path.stem}_videos.txt'
     ann.write_text(''.join(f'{osp.basename(v)} {i % 2}\n'
                            for i, v in enumerate(videos)))
 
@@ -484,10 +486,9 @@ def test_recognition_finetune_and_test(pretrained, tmp_path, shared_videos):
                 f'ann_file={str(ann)!r}, data_prefix=dict(video={VIDEOS!r}), '
                 f'pipeline={pipeline}))')
 
-    cfg = tmp_path / 'ucf_tiny.py'
-    cfg.write_text(f"""
-_base_ = [{UCF_R18!r}]
-load_from = {pretrained['prefixed']!r}
+    path.write_text(f"""
+_base_ = [{base!r}]
+load_from = {load_from!r}
 model = dict(cls_head=dict(num_classes=2))
 train_pipeline = [
     dict(type='DecordInit'),
@@ -520,12 +521,21 @@ test_pipeline = [
     dict(type='FormatShape', input_format='NCTHW'),
     dict(type='PackActionInputs')
 ]
-train_dataloader = {loader('train_pipeline', 2)}
-val_dataloader = {loader('val_pipeline', 2)}
+train_dataloader = {loader('train_pipeline', batch_size)}
+val_dataloader = {loader('val_pipeline', batch_size)}
 test_dataloader = {loader('test_pipeline', 1)}
 train_cfg = dict(max_epochs=1, val_interval=1)
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 """)
+    return path
+
+
+@pytest.mark.slow
+def test_recognition_finetune_and_test(pretrained, tmp_path, shared_videos):
+    # 4 videos, 2 classes; the 1080p one is left out (slow to decode)
+    videos = [v for v in shared_videos if 'skeleton' not in v][:4]
+    cfg = _tiny_recognition_config(tmp_path / 'ucf_tiny.py', UCF_R18,
+                                   pretrained['prefixed'], videos)
     work = tmp_path / 'work'
     out = _run_in(tmp_path, 'tools/train.py', cfg, '--work-dir', work)
     # load_from took the export: only the new head is missing
@@ -546,3 +556,27 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert re.search(r'Epoch\(test\) \[4/4\]\s+acc/top1: [0-9.]+',
                      proc.stdout), proc.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_linear_probe_under_ddp(pretrained, tmp_path, shared_videos):
+    """The README runs the probe with ``dist_train.sh``: DDP wraps the model
+    before MMAction2 freezes the backbone (in ``train()``), so the frozen
+    parameters, which never get a gradient, must not stop DDP's reducer."""
+    videos = [v for v in shared_videos if 'skeleton' not in v][:4]
+    cfg = _tiny_recognition_config(tmp_path / 'linear_tiny.py', LINEAR_R18,
+                                   pretrained['prefixed'], videos,
+                                   batch_size=1)
+    work = tmp_path / 'work'
+    out = run_tool('bash', osp.join(ROOT, 'tools', 'dist_train.sh'), cfg,
+                   '2', '--work-dir', work,
+                   env=dict(PORT=str(free_port()), OMP_NUM_THREADS='1')
+                   ).stdout
+    # 4 videos over 2 ranks in batches of 1: 2 steps, the second is where a
+    # reducer waiting for the frozen parameters' gradients fails
+    assert 'Epoch(train) [1][2/2]' in out, out[-3000:]
+    # (an MMEngine checkpoint also holds the message hub: tensors only)
+    trained = load_tensors_only(str(work / 'epoch_1.pth'))['state_dict']
+    exported = _load(pretrained['prefixed'])['state_dict']
+    backbone = {k: v for k, v in trained.items() if k.startswith('backbone.')}
+    _assert_same_tensors(backbone, exported)

@@ -1,6 +1,8 @@
 """Test a trained model (recognition or AVA detection) with MMEngine's Runner.
 
-Same interface as MMAction2's ``tools/test.py``.
+MMAction2's ``tools/test.py`` interface (``--work-dir``, ``--dump``,
+``--cfg-options``, ``--launcher``), without its visualisation options
+(``--show``, ``--show-dir``, ``--interval``, ``--wait-time``).
 """
 import argparse
 import os

@@ -28,6 +28,12 @@ model = dict(
     # a linear classifier on the pooled features
     cls_head=dict(in_channels=2048, num_classes=400, dropout_ratio=0.0))
 
+# MMAction2's 3D ResNets freeze their stages in train(), after the Runner has
+# wrapped the model in DDP: without this, DDP waits for the frozen
+# parameters' gradients and stops at the second iteration. (DDP then
+# all-reduces their zero gradients: the traffic of a fine-tuning step.)
+find_unused_parameters = True
+
 max_epochs = 100
 train_cfg = dict(
     type='EpochBasedTrainLoop',
