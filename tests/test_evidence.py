@@ -438,3 +438,51 @@ def test_supervised_reference_matches_the_demo():
         assert sup.model.backbone[key] == demo.model.backbone[key], key
     assert sup.val_pipeline[:-1] == demo.knn_pipeline[:-1]
     assert sup.val_dataloader.dataset.pipeline == sup.val_pipeline
+
+
+def _knn_features_rank(rank, port, ann, out):
+    """One of 2 gloo processes extracting kNN features of ``ann``."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    import mmvthcl  # noqa: F401
+    from mmaction.registry import MODELS
+    from mmvthcl.evaluation.knn import (build_loader, extract_features,
+                                        knn_pipeline)
+    from .conftest import VIDEOS
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=2,
+                            timeout=timedelta(seconds=120))
+    init_default_scope('mmaction')
+    cfg = Config.fromfile(DEMO)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    loader = build_loader(ann, VIDEOS, knn_pipeline(cfg), batch_size=2)
+    feats, labels = extract_features(model, loader)
+    torch.save(dict(feats=feats, labels=labels, own=len(loader.dataset)),
+               f'{out}{rank}.pth')
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_knn_of_a_list_shorter_than_the_processes(tmp_path, shared_videos):
+    """One clip over 2 processes: the rank left without a clip still joins
+    the gathers (it raised, and the other waited in them), and both get the
+    one row."""
+    import torch.multiprocessing as mp
+
+    from .conftest import free_port
+    ann = tmp_path / 'one.txt'
+    video = [v for v in shared_videos if 'skeleton' not in v][0]
+    ann.write_text(f'{osp.basename(video)} 3\n')
+    mp.spawn(_knn_features_rank, args=(free_port(), str(ann),
+                                       str(tmp_path / 'rank')), nprocs=2)
+    ranks = [torch.load(tmp_path / f'rank{r}.pth') for r in range(2)]
+    assert [r['own'] for r in ranks] == [1, 0]
+    for r in ranks:
+        assert r['feats'].shape == (1, 128)  # res5 of the demo's R18
+        assert r['labels'].tolist() == [3]
+    assert torch.equal(ranks[0]['feats'], ranks[1]['feats'])

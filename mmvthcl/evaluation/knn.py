@@ -97,9 +97,15 @@ def extract_features(model, loader, depth: str = 'res5',
             labels.append(
                 torch.stack([ds.gt_label.flatten()[0]
                              for ds in data['data_samples']]).to(device))
-    feats = all_gather_rows(torch.cat(feats))
-    labels = all_gather_rows(torch.cat(labels))
-    return feats.float(), labels.long()
+    if feats:
+        feats, labels = torch.cat(feats), torch.cat(labels)
+    else:
+        # a list with fewer clips than processes leaves this rank none; it
+        # must still join the gathers, or the other ranks wait in them
+        feats = torch.zeros(0, model.backbone.out_channels[pos],
+                            device=device)
+        labels = torch.zeros(0, dtype=torch.long, device=device)
+    return all_gather_rows(feats).float(), all_gather_rows(labels).long()
 
 
 def knn_top1(train_feats: torch.Tensor,
