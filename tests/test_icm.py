@@ -365,6 +365,17 @@ class _FakeRunner:
             hook.after_train_iter(self, i)
 
 
+def test_hook_picks_distinct_videos_through_a_repeat_dataset(ann_file):
+    """Picks spread over the videos, not over RepeatDataset's copies."""
+    from mmengine.dataset import RepeatDataset
+    runner = _FakeRunner(None, None, '.', ann_file, 1)
+    plain = ICMHook.training_videos(runner, 3)
+    assert len(set(plain)) == 3
+    runner.train_dataloader.dataset = RepeatDataset(
+        runner.train_dataloader.dataset, times=2)
+    assert ICMHook.training_videos(runner, 3) == plain
+
+
 def _rng_states():
     return random.getstate(), np.random.get_state(), torch.get_rng_state()
 

@@ -84,9 +84,12 @@ class ICMHook(Hook):
     def training_videos(runner, num: int) -> List[str]:
         """``num`` fixed video files of the training set, evenly spread."""
         dataset = runner.train_dataloader.dataset
-        while not hasattr(dataset, 'get_data_info') and hasattr(
-                dataset, 'dataset'):
-            dataset = dataset.dataset  # dataset wrappers
+        # through wrappers of one dataset: a RepeatDataset has its own
+        # get_data_info, but spreading picks over its repeats would draw
+        # one video twice
+        while hasattr(dataset, 'dataset') and hasattr(dataset.dataset,
+                                                      '__len__'):
+            dataset = dataset.dataset
         n = len(dataset)
         if n == 0:
             return []
