@@ -17,6 +17,7 @@ import importlib.util
 import os
 import os.path as osp
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -49,9 +50,10 @@ def parse_args(argv=None):
 def run(cmd, log=None):
     """Run a repository command, echo it, return its output."""
     cmd = [str(c) for c in cmd]
-    shown = ' '.join(osp.relpath(c, ROOT) if osp.isabs(c) and
-                     c.startswith(ROOT) else c for c in cmd)
-    print(f'\n$ {shown}', flush=True)
+    # as it can be pasted into a shell at the repository's root
+    shown = ' '.join(shlex.quote(osp.relpath(c, ROOT) if osp.isabs(c) and
+                                 c.startswith(ROOT) else c) for c in cmd)
+    print(f'\n$ python {shown}', flush=True)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
                os.environ.get('PYTHONPATH', ''))
     proc = subprocess.run([sys.executable] + cmd, cwd=ROOT, env=env,
