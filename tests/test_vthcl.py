@@ -117,6 +117,28 @@ def test_depth_subset_and_weights_follow_the_head():
     assert [k for k in losses if k.startswith('loss')] == ['loss_res5']
 
 
+@pytest.mark.parametrize('depths', [('res3', 'res4', 'res5'), ('res5', ),
+                                    ('res3', 'res4'), ('res3', )])
+def test_every_trainable_parameter_gets_a_gradient(depths):
+    """What DDP needs without find_unused_parameters: with depths that stop
+    before res5, the later stages are neither run nor trained, and their
+    keys are still the stock backbone's."""
+    model = build(head=dict(depths=depths, loss_weights=(1.0, ) * len(depths)))
+    losses = model(**model.data_preprocessor(batch(), True), mode='loss')
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.requires_grad and p.grad is None]
+    assert missing == []
+    last = max(model.backbone.out_indices)
+    for encoder in (model.backbone, model.fast_backbone):
+        for i in range(last + 2, 5):
+            assert not any(p.requires_grad for p in
+                           getattr(encoder, f'layer{i}').parameters())
+    stock = MODELS.build(dict(type='ResNet3dSlowOnly', depth=18,
+                              base_channels=8, pretrained=None))
+    assert model.backbone.state_dict().keys() == stock.state_dict().keys()
+
+
 def test_ddp_never_touches_the_banks():
     model = build()
     assert sorted(model._ddp_params_and_buffers_to_ignore) == sorted(

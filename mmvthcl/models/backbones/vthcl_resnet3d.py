@@ -40,7 +40,8 @@ class VTHCLResNet3d(ResNet3dSlowOnly):
         depth (int): ResNet depth, 18 or 50 (any depth of
             :class:`ResNet3d` works). Defaults to 50.
         out_indices (Sequence[int]): Stages to return; ``(1, 2, 3)`` is
-            res3, res4, res5. Defaults to ``(1, 2, 3)``.
+            res3, res4, res5. Stages after the last one keep their
+            (initial) weights and are not run. Defaults to ``(1, 2, 3)``.
         pretrained (str, optional): Path of a 3D checkpoint with bare
             backbone keys. Defaults to None.
         pretrained2d (bool): Whether ``pretrained`` is a 2D ImageNet
@@ -61,6 +62,16 @@ class VTHCLResNet3d(ResNet3dSlowOnly):
             pretrained=pretrained,
             pretrained2d=pretrained2d,
             **kwargs)
+        # Stages after the deepest returned one (res5 when the depths stop at
+        # res4) stay in the state dict, so the keys remain ResNet3dSlowOnly's,
+        # but they are not run (the stock forward walks ``res_layers``) and
+        # not trained: no gradient would reach them, and DDP, which expects
+        # one for every parameter that requires it, would stop at the second
+        # iteration.
+        last = max(self.out_indices)
+        for name in self.res_layers[last + 1:]:
+            getattr(self, name).requires_grad_(False)
+        self.res_layers = self.res_layers[:last + 1]
 
     @property
     def out_channels(self) -> Tuple[int, ...]:
