@@ -28,16 +28,18 @@ def unit(*shape):
     return F.normalize(torch.randn(*shape), dim=-1)
 
 
-def reference_nce(q, bank, index, negs, t):
+def reference_nce(q, bank, index, negs, t, exclude_own_row=True):
     """-log softmax of the positive, one query at a time, in float64; a
-    query's own row drawn among its negatives is not scored."""
+    query's own row drawn among its negatives is not scored, or, with
+    ``exclude_own_row=False``, scored as a negative too."""
     q, bank = q.double(), bank.double()
     total = 0.0
     for i in range(q.shape[0]):
         own = int(index[i])
         drawn = (negs if negs.dim() == 1 else negs[i]).tolist()
         scores = [float(q[i] @ bank[own]) / t] + [
-            float(q[i] @ bank[j]) / t for j in drawn if j != own
+            float(q[i] @ bank[j]) / t for j in drawn
+            if j != own or not exclude_own_row
         ]
         m = max(scores)
         log_z = m + math.log(sum(math.exp(s - m) for s in scores))
@@ -47,11 +49,13 @@ def reference_nce(q, bank, index, negs, t):
 
 @pytest.mark.parametrize('together', [False, True])
 @pytest.mark.parametrize('per_sample', [False, True])
-@pytest.mark.parametrize('n,k', [(50, 7), (4, 4)])
-def test_loss_equals_explicit_reference(per_sample, together, n, k):
+@pytest.mark.parametrize('n,k,exclude', [(50, 7, True), (4, 4, True),
+                                         (4, 4, False)])
+def test_loss_equals_explicit_reference(per_sample, together, n, k, exclude):
     """With 4 rows, queries draw their own row among their negatives; the
-    reference does not score it."""
+    reference does not score it, or scores it twice if asked to."""
     head = make_head(n=n, k=k, per_sample=per_sample, together=together)
+    head.exclude_own_row = exclude
     mem = head.memory
     banks = {key: mem.bank(*key).clone() for key in mem.keys}
     index = torch.tensor([3, 17, 42, 8]) % n
@@ -67,7 +71,8 @@ def test_loss_equals_explicit_reference(per_sample, together, n, k):
     for d, w in zip(DEPTHS, (1.0, 0.5, 2.0)):
         ref = 0.0
         for q, other in ((slow[d], 'fast'), (fast[d], 'slow')):
-            ref += reference_nce(q, banks[(d, other)], index, negs, 0.2)
+            ref += reference_nce(q, banks[(d, other)], index, negs, 0.2,
+                                 exclude)
         assert losses[f'loss_{d}'].item() == pytest.approx(w * ref, rel=1e-5)
         assert 0.0 <= losses[f'acc_{d}'].item() <= 1.0
 

@@ -270,6 +270,10 @@ class HierarchicalContrastiveHead(BaseModule):
         per_sample_negatives (bool): Draw K negatives for every query (the
             NPID/CMC way, B times the memory) instead of K shared by the
             batch. Defaults to False.
+        exclude_own_row (bool): Leave a query's own bank row out of its
+            softmax when it is drawn among the negatives. False scores it
+            twice, as the positive and as a negative, as drawing uniformly
+            from the bank without a check does. Defaults to True (ours).
         read_banks_together (bool, optional): Read the rows of all banks
             and compute their losses in one batch of operations (a few
             dozen kernels for the six losses instead of a few dozen per
@@ -296,6 +300,7 @@ class HierarchicalContrastiveHead(BaseModule):
                  temperature: float = 0.07,
                  num_negatives: int = 16384,
                  per_sample_negatives: bool = False,
+                 exclude_own_row: bool = True,
                  read_banks_together: Optional[bool] = None,
                  memory: dict = dict(type='HierarchicalMemoryBank'),
                  init_cfg: Optional[dict] = None) -> None:
@@ -328,6 +333,7 @@ class HierarchicalContrastiveHead(BaseModule):
         self.temperature = temperature
         self.num_negatives = num_negatives
         self.per_sample_negatives = per_sample_negatives
+        self.exclude_own_row = exclude_own_row
         self.read_banks_together = read_banks_together
         self.projections = nn.ModuleDict({
             f'{d}_{t}': Projection(c, h, feat_dim, norm_cfg, out_norm_cfg)
@@ -400,7 +406,8 @@ class HierarchicalContrastiveHead(BaseModule):
         # scored twice, once as a negative: the pull towards it would stop
         # at probability 1/2 (with the demo's K = 256 of 400 videos, half
         # the queries). It is left out; the same rows for every bank.
-        exclude = negatives == index.unsqueeze(-1)  # (B, K)
+        exclude = negatives == index.unsqueeze(-1) \
+            if self.exclude_own_row else None  # (B, K)
         # All embeddings in one (2·depths, B, D) tensor, in the banks'
         # order, so that the losses can be one batch of operations; each
         # embedding reads the other tempo's bank.
