@@ -264,9 +264,19 @@ def test_monitor_hook_and_eval_knn_agree(tmp_path, tiny_synthetic):
     last = res.strip().splitlines()[-1]
     assert last.startswith('knn_top1: ')
     assert float(last.split()[1]) == pytest.approx(logged[0], abs=0.01)
-    base = run_tool('tools/eval_knn.py', DEMO, *knn_args(data)).stdout
+    base = run_tool('tools/eval_knn.py', DEMO, *knn_args(data),
+                    '--device', 'cpu').stdout
     assert 'random initialisation' in base
     assert 0.0 <= float(base.strip().splitlines()[-1].split()[1]) <= 100.0
+
+
+def test_eval_knn_refuses_a_device_it_does_not_have(tiny_synthetic):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    res = run_tool('tools/eval_knn.py', DEMO, *knn_args(tiny_synthetic),
+                   '--device', 'cuda', check=False)
+    assert res.returncode != 0
+    assert '--device cuda: CUDA is not available here' in res.stdout
 
 
 def test_eval_knn_refuses_a_non_vthcl_checkpoint(tmp_path, tiny_synthetic):

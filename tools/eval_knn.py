@@ -42,6 +42,9 @@ def parse_args(argv=None):
                         'centring on the train mean)')
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the random initialisation')
+    parser.add_argument('--device', default=None,
+                        help='where the encoder runs, e.g. cuda, cuda:1 or '
+                        'cpu (default: cuda when available)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args(argv)
 
@@ -53,6 +56,11 @@ def main(argv=None):
         cfg.merge_from_dict(args.cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmaction'))
     MMLogger.get_current_instance().setLevel(logging.WARNING)
+    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise SystemExit(f'--device {device}: CUDA is not available here')
+    # built and initialised on the CPU, so that the random encoder is the
+    # same whatever the device
     torch.manual_seed(args.seed)
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -64,6 +72,7 @@ def main(argv=None):
         print(f'encoder: {args.checkpoint}')
     else:
         print('encoder: random initialisation (no checkpoint given)')
+    model.to(device)
     top1 = evaluate_knn(
         model, args.train_ann, args.val_ann, args.data_root,
         knn_pipeline(cfg), k=args.k, temperature=args.temperature,
