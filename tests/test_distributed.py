@@ -115,3 +115,14 @@ def test_sharded_mode_matches_replicated_losses_and_banks(runs):
     sd = load_tensors_only(str(work / 'iter_3.pth'))['state_dict']
     for name, bank in whole.items():
         assert torch.equal(sd[f'head.memory.{name}'], bank), name
+
+
+def test_depths_that_stop_before_res5_train_under_ddp(tmp_path, video_list):
+    """res5 is not trained then; DDP, which waits for a gradient of every
+    parameter that requires one, stopped at the second iteration."""
+    work, ranks = train(tmp_path, video_list, 'res34', 2, 1,
+                        'model.head.depths=[res3,res4]',
+                        'model.head.loss_weights=[1.0,1.0]')
+    assert [len(r['losses']) for r in ranks] == [3, 3]
+    assert all(set(loss) >= {'loss_res3', 'loss_res4'}
+               for r in ranks for loss in r['losses'])
