@@ -270,6 +270,24 @@ def test_monitor_hook_and_eval_knn_agree(tmp_path, tiny_synthetic):
     assert 0.0 <= float(base.strip().splitlines()[-1].split()[1]) <= 100.0
 
 
+def test_monitor_hook_checks_its_settings_when_the_run_starts(tmp_path):
+    from types import SimpleNamespace
+
+    from mmvthcl.engine.hooks import KNNMonitorHook
+    lists = []
+    for name in ('train.txt', 'val.txt'):
+        lists.append(tmp_path / name)
+        lists[-1].write_text('a.mp4 0\n')
+    runner = SimpleNamespace(model=SimpleNamespace(depths=('res3', 'res4')))
+    with pytest.raises(ValueError, match="depth 'res5' is not one of"):
+        KNNMonitorHook(*lists).before_run(runner)
+    KNNMonitorHook(*lists, depth='res4').before_run(runner)
+    with pytest.raises(FileNotFoundError,
+                       match=f'val_ann {tmp_path}/nope.txt is not a file'):
+        KNNMonitorHook(lists[0], tmp_path / 'nope.txt',
+                       depth='res4').before_run(runner)
+
+
 def test_eval_knn_refuses_a_device_it_does_not_have(tiny_synthetic):
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')

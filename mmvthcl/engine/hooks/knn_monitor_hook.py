@@ -1,7 +1,9 @@
 """kNN monitoring of the slow encoder during self-supervised pretraining."""
+import os.path as osp
 from typing import List, Optional
 
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 
 from mmaction.registry import HOOKS
 from ...evaluation.knn import evaluate_knn, knn_pipeline
@@ -62,6 +64,21 @@ class KNNMonitorHook(Hook):
         self.center = center
         self._loaders = {}  # built on first use, reused afterwards
         self.history = []  # (epoch, top1) of every evaluation
+
+    def before_run(self, runner) -> None:
+        # a wrong depth or list would otherwise stop the run at the first
+        # evaluation, `interval` epochs in, before that epoch's checkpoint
+        model = runner.model.module if is_model_wrapper(
+            runner.model) else runner.model
+        if self.depth not in model.depths:
+            raise ValueError(
+                f'KNNMonitorHook: depth {self.depth!r} is not one of the '
+                f'model depths {tuple(model.depths)}; set the hook\'s depth')
+        for key in ('train_ann', 'val_ann'):
+            path = getattr(self, key)
+            if not osp.isfile(path):
+                raise FileNotFoundError(
+                    f'KNNMonitorHook: {key} {path} is not a file')
 
     def after_train_epoch(self, runner) -> None:
         if not (self.every_n_epochs(runner, self.interval)
