@@ -126,3 +126,34 @@ def test_depths_that_stop_before_res5_train_under_ddp(tmp_path, video_list):
     assert [len(r['losses']) for r in ranks] == [3, 3]
     assert all(set(loss) >= {'loss_res3', 'loss_res4'}
                for r in ranks for loss in r['losses'])
+
+
+def _per_query_negatives_rank(rank, port, batch, out):
+    import torch.distributed as dist
+
+    from mmvthcl.models.memories import HierarchicalMemoryBank
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=2)
+    mem = HierarchicalMemoryBank(depths=('res5', ), num_samples=50)
+    shared = mem.sample_negatives((7, ))
+    per_query = mem.sample_negatives((batch[rank], 7))
+    torch.save(dict(shared=shared, per_query=per_query), f'{out}{rank}.pth')
+    dist.destroy_process_group()
+
+
+def test_per_query_negatives_are_rows_of_one_global_draw(tmp_path):
+    """Ranks of 3 and 2 queries get the rows of a 1-process draw for the 5
+    (they all got the first rows, the same negatives on every rank);
+    shared negatives are the same everywhere."""
+    import torch.multiprocessing as mp
+
+    from mmvthcl.models.memories import HierarchicalMemoryBank
+    mp.spawn(_per_query_negatives_rank,
+             args=(free_port(), (3, 2), str(tmp_path / 'rank')), nprocs=2)
+    ranks = [torch.load(tmp_path / f'rank{r}.pth') for r in range(2)]
+    single = HierarchicalMemoryBank(depths=('res5', ), num_samples=50)
+    whole = single.sample_negatives((5, 7))
+    assert torch.equal(ranks[0]['per_query'], whole[:3])
+    assert torch.equal(ranks[1]['per_query'], whole[3:])
+    assert torch.equal(ranks[0]['shared'], ranks[1]['shared'])
+    assert torch.equal(ranks[0]['shared'], single.sample_negatives((7, )))

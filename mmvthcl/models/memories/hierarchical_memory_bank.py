@@ -270,11 +270,32 @@ class HierarchicalMemoryBank(BaseModule):
 
     def sample_negatives(self, shape: Iterable[int],
                          device=None) -> torch.Tensor:
-        """Random dataset indices, identical on every rank for a step."""
+        """Random dataset indices of a step, drawn from (seed, step).
+
+        Args:
+            shape (Iterable[int]): ``(K, )``, shared by the batch and the
+                same on every rank; or ``(B, K)``, per query: in a
+                distributed run this rank's B rows of one ``(ΣB, K)`` draw
+                over the global batch in rank order, so that the ranks'
+                queries get different negatives, those a single process
+                with the global batch would draw.
+            device (torch.device, optional): Where the indices go.
+                Defaults to the memory's device.
+        """
         self._check_sized()
+        shape = tuple(shape)
+        rows = None  # this rank's rows of a per-query draw
+        if len(shape) == 2 and _is_dist():
+            sizes = all_gather_rows(
+                self.num_updates.new_tensor([shape[0]])).tolist()
+            start = sum(sizes[:torch_dist.get_rank()])
+            rows = slice(start, start + shape[0])
+            shape = (sum(sizes), shape[1])
         g = torch.Generator().manual_seed(self.seed * 1000003 +
                                           self.steps_taken())
-        idx = torch.randint(self.num_samples, tuple(shape), generator=g)
+        idx = torch.randint(self.num_samples, shape, generator=g)
+        if rows is not None:
+            idx = idx[rows]
         return host_to_device(
             idx, device if device is not None else self.num_updates.device)
 
@@ -288,7 +309,7 @@ class HierarchicalMemoryBank(BaseModule):
         Args:
             index (Tensor): Dataset indices of the local batch, shape (B, ).
             negatives (Tensor): Indices from :meth:`sample_negatives`, shape
-                (K, ) or (B, K); the same on every rank.
+                (K, ), the same on every rank, or (B, K), this rank's.
             keys (Sequence[tuple], optional): The G ``(depth, tempo)`` banks
                 to read, in this order. Defaults to all of them. Reading
                 fewer at a time keeps fewer K (or B·K) rows alive.
