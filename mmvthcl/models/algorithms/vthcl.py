@@ -86,6 +86,14 @@ class VTHCL(BaseModel):
         if share_encoder and fast_backbone is not None:
             raise ValueError('share_encoder=True uses the backbone for both '
                              'tempos; remove model.fast_backbone')
+        if share_encoder and backbone.get('with_cp', False):
+            # mmaction's blocks checkpoint reentrantly: a parameter used by
+            # both tempos then reports two gradients, which DDP refuses at
+            # the first backward ("mark a variable ready only once")
+            raise ValueError('share_encoder=True runs the backbone twice per '
+                             'step, which its checkpointed blocks cannot do '
+                             'under DDP; set model.backbone.with_cp=False or '
+                             'share_encoder=False')
         self.share_encoder = share_encoder
         self.backbone = self._build_encoder(backbone, out_indices, 'backbone')
         if share_encoder:
