@@ -157,3 +157,37 @@ def test_per_query_negatives_are_rows_of_one_global_draw(tmp_path):
     assert torch.equal(ranks[1]['per_query'], whole[3:])
     assert torch.equal(ranks[0]['shared'], ranks[1]['shared'])
     assert torch.equal(ranks[0]['shared'], single.sample_negatives((7, )))
+
+
+def _update_without_hook_rank(rank, port, out):
+    import torch.distributed as dist
+
+    from mmvthcl.models.memories import HierarchicalMemoryBank
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=2)
+    mem = HierarchicalMemoryBank(depths=('res5', ), num_samples=10)
+    feats = {k: torch.nn.functional.normalize(torch.randn(2, 128), dim=1)
+             for k in mem.keys}
+    index = torch.tensor([2 * rank, 2 * rank + 1])
+    try:
+        mem.update(index, feats)
+        refused = ''
+    except RuntimeError as e:
+        refused = str(e)
+    mem.hook_attached = True  # what MemoryBankHook.before_run does
+    mem.update(index, feats)
+    torch.save(dict(refused=refused, bank=mem.bank('res5', 'slow')),
+               f'{out}{rank}.pth')
+    dist.destroy_process_group()
+
+
+def test_distributed_banks_need_the_memory_bank_hook(tmp_path):
+    """Without MemoryBankHook the stock buffer sync would average the banks:
+    every rank refuses the first update, before any collective."""
+    import torch.multiprocessing as mp
+    mp.spawn(_update_without_hook_rank,
+             args=(free_port(), str(tmp_path / 'rank')), nprocs=2)
+    ranks = [torch.load(tmp_path / f'rank{r}.pth') for r in range(2)]
+    for r in ranks:
+        assert "sync_buffers=dict(type='MemoryBankHook')" in r['refused']
+    assert torch.equal(ranks[0]['bank'], ranks[1]['bank'])

@@ -88,6 +88,7 @@ class MemoryBankHook(SyncBuffersHook):
                         "dict(type='MemoryBankHook') instead of adding "
                         'MemoryBankHook to custom_hooks')
         head, memory = find_memory(runner.model)
+        memory.hook_attached = True
         best = [h for h in runner.hooks
                 if isinstance(h, CheckpointHook) and h.save_best]
         if memory.sharded and self.distributed and best:

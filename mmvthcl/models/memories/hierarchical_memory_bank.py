@@ -167,6 +167,9 @@ class HierarchicalMemoryBank(BaseModule):
         # checkpoint with another size is then refused instead of adopted
         self.size_fixed = False
         self.row_offset = 0  # first global row held here (sharded mode)
+        # set by MemoryBankHook, which keeps the buffer sync off the banks
+        # and saves sharded banks; distributed training needs it
+        self.hook_attached = False
         # steps taken; seeds the negatives, so it travels in checkpoints
         self.register_buffer('num_updates', torch.zeros((), dtype=torch.long))
         # its value on the host, so that a step does not wait for the GPU to
@@ -368,6 +371,13 @@ class HierarchicalMemoryBank(BaseModule):
             feats (dict): ``(depth, tempo)`` → local embeddings (B, D).
         """
         self._check_sized()
+        if not self.hook_attached and _is_dist():
+            raise RuntimeError(
+                'distributed training with memory banks needs '
+                "default_hooks.sync_buffers=dict(type='MemoryBankHook') (the "
+                'shipped VTHCL configs set it): without it the stock buffer '
+                'sync averages the banks across ranks, and sharded banks are '
+                'left out of checkpoints')
         stacked = torch.stack([feats[k].detach() for k in self.keys], dim=1)
         index = all_gather_rows(index)
         stacked = all_gather_rows(stacked)
