@@ -13,7 +13,7 @@ from mmengine.config import Config
 
 from mmvthcl import compat
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
@@ -248,13 +248,9 @@ def test_resume_loader_trusts_only_the_resumed_file(tmp_path):
 
 
 def test_process_group_released_after_a_run():
-    import socket
-
     import torch.distributed as dist
     assert not compat.release_process_group()  # none: nothing to do
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
                             rank=0, world_size=1)
     assert compat.release_process_group()

@@ -28,7 +28,8 @@ from mmvthcl.datasets import (BadVideoError, ResumableSampler,
                               probe_video_file)
 from mmvthcl.models import HierarchicalMemoryBank
 
-from .conftest import R18_CONFIG, ROOT, VIDEOS, load_tool, run_tool
+from .conftest import (R18_CONFIG, ROOT, VIDEOS, free_port, load_tool,
+                       run_tool)
 
 R50_CONFIG = osp.join(ROOT, 'configs', 'vthcl_r50_k400.py')
 GOOD = ['demo.mp4', 'demo_skeleton.mp4', 'demo_spatiotemporal_det.mp4',
@@ -572,12 +573,8 @@ def _bad_video_hook_rank(rank, port, work_dir, out):
 
 
 def test_bad_video_counts_are_summed_over_ranks(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = free_port()
     outs = [str(tmp_path / f'rank{r}.json') for r in range(2)]
     ctx = mp.get_context('spawn')
     procs = [ctx.Process(target=_bad_video_hook_rank,
