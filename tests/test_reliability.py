@@ -778,6 +778,65 @@ def test_transfer_config_fields_run_nothing_from_the_checkpoint(
     assert not evil['marker'].exists()
 
 
+@pytest.mark.parametrize('n, batch, drop_last, round_up, expected', [
+    (10, 2, True, True, [2, 2, 2]),     # padded to 4 each
+    (10, 2, True, False, [2, 1, 1]),    # 4, 3, 3 samples
+    (10, 4, False, False, [1, 1, 1]),
+    (9, 2, False, False, [2, 2, 2]),
+])
+def test_batches_per_rank_follow_the_sampler(monkeypatch, n, batch,
+                                             drop_last, round_up, expected):
+    from mmengine.dataset import DefaultSampler
+    from mmengine.dataset import sampler as mmengine_sampler
+    from torch.utils.data import DataLoader
+
+    from mmvthcl.engine.hooks.memory_bank_hook import batches_per_rank
+    assert batches_per_rank(n, 3, batch, drop_last, round_up) == expected
+    # the reference: MMEngine's sampler as each rank builds it, in a loader
+    for rank in range(3):
+        monkeypatch.setattr(mmengine_sampler, 'get_dist_info',
+                            lambda: (rank, 3))
+        sampler = DefaultSampler(list(range(n)), shuffle=False,
+                                 round_up=round_up)
+        loader = DataLoader(list(range(n)), batch_size=batch,
+                            sampler=sampler, drop_last=drop_last)
+        assert len(list(loader)) == expected[rank]
+
+
+def test_uneven_batches_over_ranks_are_refused(monkeypatch):
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    from mmengine.dataset import DefaultSampler
+    from mmengine.runner import BaseLoop
+    from torch.utils.data import DataLoader
+
+    from mmvthcl.engine.hooks import MemoryBankHook
+    from mmvthcl.engine.hooks import memory_bank_hook
+
+    class _Loop(BaseLoop):
+        def run(self):
+            pass
+
+    monkeypatch.setattr(memory_bank_hook, 'get_world_size', lambda: 3)
+    hook = MemoryBankHook()
+    hook.distributed = True  # as on every rank of a 3-process run
+    for round_up, refused in ((False, True), (True, False)):
+        dataset = list(range(10))
+        loader = DataLoader(dataset, batch_size=2, drop_last=True,
+                            sampler=DefaultSampler(dataset,
+                                                   round_up=round_up))
+        runner = SimpleNamespace(model=_tiny_vthcl(10), hooks=[hook],
+                                 logger=MagicMock())
+        runner._train_loop = _Loop(runner, loader)
+        if refused:
+            with pytest.raises(ValueError, match='round_up=False gives the '
+                               'ranks 1 or 2 batches'):
+                hook.before_run(runner)
+        else:
+            hook.before_run(runner)
+
+
 def test_sharded_memory_refuses_save_best_on_every_rank():
     """save_best saves outside the regular saves, for which a sharded
     memory gathers its banks; refused when the run starts."""

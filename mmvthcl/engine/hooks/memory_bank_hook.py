@@ -1,5 +1,8 @@
 """Runner-side duties of the VTHCL memory banks."""
-from mmengine.dist import all_reduce_params
+import math
+from typing import List
+
+from mmengine.dist import all_reduce_params, get_world_size
 from mmengine.hooks import CheckpointHook, SyncBuffersHook
 from mmengine.model import is_model_wrapper
 from mmengine.runner import BaseLoop
@@ -38,6 +41,17 @@ def instance_dataset(dataset):
             'their samples from 0 each, so two videos would share a memory '
             'bank row; list all videos in one annotation file instead')
     return dataset
+
+
+def batches_per_rank(num_samples: int, world: int, batch_size: int,
+                     drop_last: bool, round_up: bool) -> List[int]:
+    """Training batches of each rank in an epoch of ``DefaultSampler``."""
+    if round_up:
+        shares = [math.ceil(num_samples / world)] * world
+    else:
+        shares = [len(range(r, num_samples, world)) for r in range(world)]
+    return [s // batch_size if drop_last else math.ceil(s / batch_size)
+            for s in shares]
 
 
 def _state_dict_prefix(model, module) -> str:
@@ -102,7 +116,22 @@ class MemoryBankHook(SyncBuffersHook):
         loop = getattr(runner, '_train_loop', None)
         if not isinstance(loop, BaseLoop):
             return  # not a training run
-        dataset = instance_dataset(loop.dataloader.dataset)
+        loader = loop.dataloader
+        if self.distributed and not getattr(loader.sampler, 'round_up',
+                                            True):
+            # every step gathers the batch of every rank: a rank with one
+            # batch more than the others would wait in that gather forever
+            counts = batches_per_rank(
+                len(loader.dataset), get_world_size(), loader.batch_size,
+                loader.drop_last, round_up=False)
+            if len(set(counts)) > 1:
+                raise ValueError(
+                    'train_dataloader.sampler.round_up=False gives the ranks '
+                    f'{min(counts)} or {max(counts)} batches an epoch '
+                    f'({len(loader.dataset)} samples over {len(counts)} '
+                    'processes); each step gathers every rank\'s batch, so '
+                    'set round_up=True')
+        dataset = instance_dataset(loader.dataset)
         n = len(dataset)
         if memory.size_fixed and memory.num_samples != n:
             raise ValueError(
