@@ -114,7 +114,7 @@ def main(argv=None):
     else:
         runner = Runner.from_cfg(cfg)
     runner.train()
-    release_process_group()
+    release_process_group(runner)
 
 
 if __name__ == '__main__':
