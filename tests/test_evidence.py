@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvthcl.evaluation import knn_top1
-from .conftest import ROOT, load_tool, run_tool
+from .conftest import ROOT, free_port, load_tool, run_tool
 
 SYNTH = osp.join(ROOT, 'tools', 'data', 'make_synthetic.py')
 
@@ -509,8 +509,6 @@ def test_knn_of_a_list_shorter_than_the_processes(tmp_path, shared_videos):
     the gathers (it raised, and the other waited in them), and both get the
     one row."""
     import torch.multiprocessing as mp
-
-    from .conftest import free_port
     ann = tmp_path / 'one.txt'
     video = [v for v in shared_videos if 'skeleton' not in v][0]
     ann.write_text(f'{osp.basename(video)} 3\n')
