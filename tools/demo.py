@@ -47,6 +47,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def shown(path: str) -> str:
+    """``path`` relative to the working directory when it lies inside it,
+    absolute otherwise (``--out /tmp/x`` is not ``../../tmp/x``)."""
+    path = osp.abspath(path)
+    inside = path.startswith(os.getcwd() + os.sep)
+    return osp.relpath(path) if inside else path
+
+
 def run(cmd, log=None):
     """Run a repository command, echo it, return its output."""
     cmd = [str(c) for c in cmd]
@@ -180,8 +188,8 @@ def main(argv=None):
             ('total time', f'{total / 60:.1f} min')]
     width = max(len(r[0]) for r in rows)
     print('\n' + '\n'.join(f'{k:<{width}}  {v}' for k, v in rows))
-    print(f'\ncheckpoint: {osp.relpath(ckpt)}\nICM image:  {osp.relpath(icm)}'
-          f'\ntraining log: {osp.relpath(osp.join(out, "train.log"))}')
+    print(f'\ncheckpoint: {shown(ckpt)}\nICM image:  {shown(icm)}'
+          f'\ntraining log: {shown(osp.join(out, "train.log"))}')
 
 
 if __name__ == '__main__':
