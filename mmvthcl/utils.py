@@ -56,6 +56,16 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             m.training = training
 
 
+def inner_dataset(dataset):
+    """The dataset behind wrappers of one dataset (``RepeatDataset``,
+    ``ClassBalancedDataset``), whose indices its samples carry; a
+    ``ConcatDataset``, which wraps several, is returned as it is."""
+    while hasattr(dataset, 'dataset') and hasattr(dataset.dataset,
+                                                  '__len__'):
+        dataset = dataset.dataset
+    return dataset
+
+
 def is_transform(transform: dict, name: str) -> bool:
     """Whether a transform config has type ``name`` (scoped or a class)."""
     kind = transform.get('type')

@@ -8,7 +8,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
 from mmaction.registry import HOOKS
-from ...utils import preserved_rng
+from ...utils import inner_dataset, preserved_rng
 from ...visualization.icm import (check_depths, compute_icm, load_icm_clips,
                                   unwrap)
 from ...visualization.icm_render import (render_icm_grid, save_image,
@@ -83,13 +83,9 @@ class ICMHook(Hook):
     @staticmethod
     def training_videos(runner, num: int) -> List[str]:
         """``num`` fixed video files of the training set, evenly spread."""
-        dataset = runner.train_dataloader.dataset
-        # through wrappers of one dataset: a RepeatDataset has its own
-        # get_data_info, but spreading picks over its repeats would draw
-        # one video twice
-        while hasattr(dataset, 'dataset') and hasattr(dataset.dataset,
-                                                      '__len__'):
-            dataset = dataset.dataset
+        # a RepeatDataset has its own get_data_info, but spreading picks
+        # over its repeats would draw one video twice
+        dataset = inner_dataset(runner.train_dataloader.dataset)
         n = len(dataset)
         if n == 0:
             return []

@@ -8,6 +8,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import BaseLoop
 
 from mmaction.registry import HOOKS
+from ...utils import inner_dataset
 
 
 def find_memory(model):
@@ -32,9 +33,7 @@ def instance_dataset(dataset):
     row: it is refused.
     """
     from mmengine.dataset import ConcatDataset
-    while not isinstance(dataset, ConcatDataset) and hasattr(
-            dataset, 'dataset') and hasattr(dataset.dataset, '__len__'):
-        dataset = dataset.dataset
+    dataset = inner_dataset(dataset)
     if isinstance(dataset, ConcatDataset):
         raise ValueError(
             'train_dataloader.dataset is a ConcatDataset: its parts number '
