@@ -37,6 +37,14 @@ def _is_dist() -> bool:
         torch_dist.get_world_size() > 1
 
 
+def gather_sizes(n: int, device) -> List[int]:
+    """Every rank's ``n`` (rank order), through one ``all_gather``."""
+    n = torch.tensor([n], device=device)
+    sizes = [torch.zeros_like(n) for _ in range(torch_dist.get_world_size())]
+    torch_dist.all_gather(sizes, n)
+    return [int(s) for s in sizes]
+
+
 def all_gather_rows(tensor: torch.Tensor, return_sizes: bool = False):
     """Concatenate the rows of ``tensor`` from every rank (rank order).
 
@@ -52,10 +60,7 @@ def all_gather_rows(tensor: torch.Tensor, return_sizes: bool = False):
         out = tensor.detach()
         return (out, [tensor.shape[0]]) if return_sizes else out
     world = torch_dist.get_world_size()
-    n = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    torch_dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
+    sizes = gather_sizes(tensor.shape[0], tensor.device)
     padded = tensor.new_zeros((max(sizes), ) + tuple(tensor.shape[1:]))
     padded[:tensor.shape[0]] = tensor.detach()
     out = [torch.empty_like(padded) for _ in range(world)]
@@ -289,8 +294,7 @@ class HierarchicalMemoryBank(BaseModule):
         shape = tuple(shape)
         rows = None  # this rank's rows of a per-query draw
         if len(shape) == 2 and _is_dist():
-            sizes = all_gather_rows(
-                self.num_updates.new_tensor([shape[0]])).tolist()
+            sizes = gather_sizes(shape[0], self.num_updates.device)
             start = sum(sizes[:torch_dist.get_rank()])
             rows = slice(start, start + shape[0])
             shape = (sum(sizes), shape[1])
