@@ -47,21 +47,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def shown(path: str) -> str:
-    """``path`` relative to the working directory when it lies inside it,
-    absolute otherwise (``--out /tmp/x`` is not ``../../tmp/x``)."""
+def shown(path: str, base: str = None) -> str:
+    """``path`` relative to ``base`` (the working directory) when it lies
+    inside it, absolute otherwise (``--out /tmp/x`` is not ``../../tmp/x``).
+    """
+    base = base or os.getcwd()
     path = osp.abspath(path)
-    inside = path.startswith(os.getcwd() + os.sep)
-    return osp.relpath(path) if inside else path
+    inside = path.startswith(base + os.sep)
+    return osp.relpath(path, base) if inside else path
 
 
 def run(cmd, log=None):
     """Run a repository command, echo it, return its output."""
     cmd = [str(c) for c in cmd]
     # as it can be pasted into a shell at the repository's root
-    shown = ' '.join(shlex.quote(osp.relpath(c, ROOT) if osp.isabs(c) and
-                                 c.startswith(ROOT) else c) for c in cmd)
-    print(f'\n$ python {shown}', flush=True)
+    line = ' '.join(shlex.quote(shown(c, ROOT) if osp.isabs(c) else c)
+                    for c in cmd)
+    print(f'\n$ python {line}', flush=True)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
                os.environ.get('PYTHONPATH', ''))
     proc = subprocess.run([sys.executable] + cmd, cwd=ROOT, env=env,
