@@ -67,6 +67,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def init_gloo(rank: int, port: int, world_size: int = 2) -> None:
+    """Join a local gloo process group (a test's spawned processes); a
+    collective that waits 2 minutes fails instead of hanging the suite."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
+                            rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))
+
+
 def run_tool(*args, env=None, timeout=900, check=True):
     """Run a script of the repository with this interpreter; return output."""
     full_env = dict(os.environ)

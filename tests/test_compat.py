@@ -13,7 +13,7 @@ from mmengine.config import Config
 
 from mmvthcl import compat
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, free_port, init_gloo
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
@@ -251,7 +251,6 @@ def test_process_group_released_after_a_run():
     import torch.distributed as dist
     assert not compat.release_process_group()  # none: nothing to do
     port = free_port()
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                            rank=0, world_size=1)
+    init_gloo(0, port, world_size=1)
     assert compat.release_process_group()
     assert not dist.is_initialized()

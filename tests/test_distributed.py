@@ -11,7 +11,8 @@ import torch
 
 from mmvthcl.compat import load_tensors_only
 
-from .conftest import ROOT, free_port, run_tool, write_pretrain_config
+from .conftest import (ROOT, free_port, init_gloo, run_tool,
+                       write_pretrain_config)
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +133,7 @@ def _per_query_negatives_rank(rank, port, batch, out):
     import torch.distributed as dist
 
     from mmvthcl.models.memories import HierarchicalMemoryBank
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                            rank=rank, world_size=2)
+    init_gloo(rank, port)
     mem = HierarchicalMemoryBank(depths=('res5', ), num_samples=50)
     shared = mem.sample_negatives((7, ))
     per_query = mem.sample_negatives((batch[rank], 7))
@@ -163,8 +163,7 @@ def _update_without_hook_rank(rank, port, out):
     import torch.distributed as dist
 
     from mmvthcl.models.memories import HierarchicalMemoryBank
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                            rank=rank, world_size=2)
+    init_gloo(rank, port)
     mem = HierarchicalMemoryBank(depths=('res5', ), num_samples=10)
     feats = {k: torch.nn.functional.normalize(torch.randn(2, 128), dim=1)
              for k in mem.keys}

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mmvthcl.evaluation import knn_top1
-from .conftest import ROOT, free_port, load_tool, run_tool
+from .conftest import ROOT, free_port, init_gloo, load_tool, run_tool
 
 SYNTH = osp.join(ROOT, 'tools', 'data', 'make_synthetic.py')
 
@@ -479,8 +479,6 @@ def test_supervised_reference_matches_the_demo():
 
 def _knn_features_rank(rank, port, ann, out):
     """One of 2 gloo processes extracting kNN features of ``ann``."""
-    from datetime import timedelta
-
     import torch.distributed as dist
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
@@ -490,9 +488,7 @@ def _knn_features_rank(rank, port, ann, out):
     from mmvthcl.evaluation.knn import (build_loader, extract_features,
                                         knn_pipeline)
     from .conftest import VIDEOS
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                            rank=rank, world_size=2,
-                            timeout=timedelta(seconds=120))
+    init_gloo(rank, port)
     init_default_scope('mmaction')
     cfg = Config.fromfile(DEMO)
     torch.manual_seed(0)

@@ -28,8 +28,8 @@ from mmvthcl.datasets import (BadVideoError, ResumableSampler,
                               probe_video_file)
 from mmvthcl.models import HierarchicalMemoryBank
 
-from .conftest import (R18_CONFIG, ROOT, VIDEOS, free_port, load_tool,
-                       run_tool)
+from .conftest import (R18_CONFIG, ROOT, VIDEOS, free_port, init_gloo,
+                       load_tool, run_tool)
 
 R50_CONFIG = osp.join(ROOT, 'configs', 'vthcl_r50_k400.py')
 GOOD = ['demo.mp4', 'demo_skeleton.mp4', 'demo_spatiotemporal_det.mp4',
@@ -547,8 +547,7 @@ def _bad_video_hook_rank(rank, port, work_dir, out):
     from mmengine.structures import BaseDataElement
 
     from mmvthcl.engine.hooks import BadVideoHook
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}',
-                            rank=rank, world_size=2)
+    init_gloo(rank, port)
     runner = SimpleNamespace(epoch=0, max_epochs=1, iter=0,
                              logger=logging.getLogger(f'rank{rank}'),
                              work_dir=work_dir)
