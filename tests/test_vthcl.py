@@ -109,6 +109,34 @@ def test_separate_or_shared_encoders():
     assert torch.isfinite(losses['loss_res5'])
 
 
+def encoder_weights(model):
+    return {k: v for k, v in model.state_dict().items()
+            if k.startswith(('backbone.', 'fast_backbone.'))}
+
+
+def test_encoders_start_from_the_seed_whatever_the_head():
+    """An ablation of the head compares the same random encoders: heads
+    that build other projections (and so draw other numbers from the global
+    generator while the model is built) leave the encoders' initial weights
+    alone; the seed decides them, and init_weights leaves the global
+    generator where building left it."""
+    full = encoder_weights(build())
+    for head in (dict(depths=('res5', ), loss_weights=(1.0, )),
+                 dict(depths=('res3', 'res4'), loss_weights=(1.0, 1.0)),
+                 dict(feat_dim=32, hidden_channels=(64, 64, 64))):
+        other = encoder_weights(build(head=head))
+        assert other.keys() == full.keys()
+        assert all(torch.equal(other[k], full[k]) for k in full), head
+    torch.manual_seed(1)
+    model = MODELS.build(vthcl_cfg())
+    built = torch.get_rng_state()
+    model.init_weights()
+    assert torch.equal(torch.get_rng_state(), built)
+    seed1 = encoder_weights(model)
+    assert not torch.equal(seed1['backbone.conv1.conv.weight'],
+                           full['backbone.conv1.conv.weight'])
+
+
 def test_depth_subset_and_weights_follow_the_head():
     model = build(head=dict(depths=('res5', ), loss_weights=(2.0, )))
     assert model.backbone.out_indices == (3, )

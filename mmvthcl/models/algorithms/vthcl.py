@@ -95,6 +95,10 @@ class VTHCL(BaseModel):
                              'under DDP; set model.backbone.with_cp=False or '
                              'share_encoder=False')
         self.share_encoder = share_encoder
+        # One draw of the global generator, before anything is built: the
+        # seed of init_weights (see there), so it depends on the run's seed
+        # only, not on how many modules were built after it.
+        self._init_seed = int(torch.randint(2**62, ()))
         self.backbone = self._build_encoder(backbone, out_indices, 'backbone')
         if share_encoder:
             self.fast_backbone = None
@@ -131,6 +135,28 @@ class VTHCL(BaseModel):
                 f'model.{name} ({type(encoder).__name__}) must report its '
                 'out_channels per depth, as VTHCLResNet3d does')
         return encoder
+
+    def init_weights(self) -> None:
+        """Initialise the encoders, then the head, from a generator seeded
+        at construction.
+
+        Building the model draws from the global generator (every φ takes
+        default-initialised weights), so without this a head with fewer
+        depths would leave the generator elsewhere and, with the same seed,
+        the encoders would start from other weights: an ablation of the
+        head would also compare two random encoders. The global generator
+        is left as it was.
+        """
+        cuda = sorted({p.device.index for p in self.parameters()
+                       if p.is_cuda})
+        with torch.random.fork_rng(devices=cuda):
+            # only the generators forked here: torch.manual_seed would also
+            # reseed the other GPUs' and leave them reseeded
+            torch.random.default_generator.manual_seed(self._init_seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(
+                    self._init_seed)
+            super().init_weights()
 
     @property
     def depths(self) -> tuple:
