@@ -355,9 +355,9 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
 
 
 #: kNN points the shortened demo must gain over random init (100 val videos,
-#: one video = 1 point); it measured +36 (20.0 → 56.0) on 2 CPU cores, and
-#: +22 and +23 with versions that could draw a query's own row among its
-#: negatives
+#: one video = 1 point); it measured +25 (23.0 → 48.0) on 2 CPU cores, +36
+#: with a version that only drew other initial weights, and +22 and +23 with
+#: versions that could draw a query's own row among its negatives
 MIN_GAIN = 10
 
 
