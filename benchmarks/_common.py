@@ -225,11 +225,7 @@ def interleaved(variants: Dict[str, Callable[[], object]],
 
 def minor_faults() -> int:
     """Minor page faults of this process so far (first touches of memory
-    the allocator got from the OS), 0 where ``resource`` is missing."""
-    try:
-        import resource
-    except ImportError:  # not on Windows
-        return 0
+    the allocator got from the OS)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 

@@ -13,7 +13,10 @@ random-initialisation baseline. Prints a table and exits::
 
     python benchmarks/ablation.py --out demo_out/ablation
 
-Takes about 3 demo runs (~18 min on 2 CPU cores); ``--epochs`` shortens it.
+Takes about 3 demo runs, ~25 min on 2 CPU cores of the README's machine
+(pretraining 8.8, 8.9 and 6.5 min for the three variants);
+``--train-seeds 0 1 2`` (``make ablation``) three times that, about 75 min.
+``--epochs`` shortens it.
 One run per variant is one draw: a change that only alters floating-point
 rounding moves the demo's kNN top-1 by several points (README), so compare
 variants over training seeds, ``--train-seeds 0 1 2`` (3 runs per variant),

@@ -83,8 +83,13 @@ def in_loader(clip_pipeline):
 
 def device_colour(clip_pipeline, device, reps):
     """Colour of 8 pairs: the preprocessor's batched pass on ``device`` vs
-    the loader's transforms on the CPU; returns (device s, loader s, max
-    |difference|) per pair."""
+    the loader's transforms on the CPU.
+
+    Returns:
+        tuple: (device s per pair, loader s per pair, the largest
+        |difference| between the two paths' pixel values, the fraction of
+        values that differ, the clips' side in pixels).
+    """
     import torch
 
     from mmaction.registry import TRANSFORMS
@@ -194,7 +199,7 @@ def real_videos(folder, quick):
 
 def main(argv=None):
     args = parse_args(argv)
-    setup(args.device)
+    setup(args.device, args.threads)
     import cv2
 
     # as in training: MMAction2's default_runtime sets

@@ -23,9 +23,10 @@ Variants, interleaved:
 Memory is measured per variant in a fresh subprocess: the extra memory at
 the peak of the forward pass and bank update (what the head adds on top of
 the encoders' activations, all alive at that point of a step), what it
-still holds for the backward pass, and the peak of the whole
-forward+backward+update, which also counts the gradients of the feature maps
-(the same for every variant; they are handed to the encoders' backward).
+still holds for the backward pass once they are done (``fwd_held``, in the
+``--json`` output only), and the peak of the whole forward+backward+update,
+which also counts the gradients of the feature maps (the same for every
+variant; they are handed to the encoders' backward).
 CPU: resident high-water mark (``VmHWM``, reset via ``/proc/self/clear_refs``)
 over the resident size before; GPU: ``torch.cuda.max_memory_allocated``
 over the allocated memory before.
@@ -38,7 +39,7 @@ Targets: ``shared`` ≤ 10 % of ``encoders``; per-sample negatives the NPID/CMC
 way ≥ 5× the time and ≥ 10× the forward+update peak memory of ``shared``.
 The shipped per-sample mode (fused loss) is listed for information.
 
-    python benchmarks/bench_head.py                 # ~2 min on 2 CPU cores
+    python benchmarks/bench_head.py                 # ~3 min on 2 CPU cores
     python benchmarks/bench_head.py --quick         # ~20 s
     python benchmarks/bench_head.py --device cuda --depth 50 --batch 8
 """
@@ -85,7 +86,7 @@ def parse_args(argv=None):
     parser.add_argument('--num-negatives', type=int, default=16384)
     parser.add_argument('--feat-dim', type=int, default=128)
     parser.add_argument('--num-samples', type=int, default=None,
-                        help='bank size N (default 240000, quick 50000)')
+                        help='bank size N (default 240000, quick 20000)')
     parser.add_argument('--reps', type=int, default=None,
                         help='timed repetitions (default 5, quick 2)')
     parser.add_argument('--no-memory', action='store_true',
@@ -222,7 +223,8 @@ def memory_child(args, shapes, variant: str) -> dict:
     backward(losses)
     del losses
     total = tracker.mark('total')
-    return dict(fwd_peak=fwd['peak'], total_peak=total['peak'])
+    return dict(fwd_peak=fwd['peak'], fwd_held=fwd['held'],
+                total_peak=total['peak'])
 
 
 def main(argv=None):
@@ -249,7 +251,10 @@ def main(argv=None):
     }
     variants = variant_names(dev)
     heads = {'shared': build_head(args, False, args.num_samples)}
-    # the other heads read and update the same banks
+    # the other heads read and update the same banks: each is built with the
+    # smallest bank its K allows (N = K; a head refuses K > N), which is
+    # cheap, and then given the shared head's memory, so every variant works
+    # on the same N rows and none allocates six N x D banks of its own
     heads[variants[1]] = build_head(args, False, args.num_negatives,
                                     reads_together(variants[1]))
     heads['per-sample'] = build_head(args, True, args.num_negatives)

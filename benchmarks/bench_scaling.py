@@ -205,7 +205,7 @@ def time_loader(cfg, seed) -> tuple:
     return first, rate
 
 
-def loader_part(args, info):
+def loader_part(args):
     names = sorted(
         f for f in os.listdir(VIDEOS)
         if f.endswith(('.mp4', '.avi'))) if osp.isdir(VIDEOS) else []
@@ -288,7 +288,7 @@ def main(argv=None):
           'the model between steps, ' + (
               'torch.cuda.max_memory_allocated)'
               if cuda else 'resident high-water mark)'))
-    loaders = None if args.skip_loader else loader_part(args, info)
+    loaders = None if args.skip_loader else loader_part(args)
     info['load_after'] = load()
     print(f"load before/after: {info['load_before']} / {info['load_after']}")
     dump_json(args.json, dict(machine=info, steps=results, loaders=loaders,

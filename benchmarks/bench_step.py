@@ -215,7 +215,8 @@ def main(argv=None):
 
     # a GPU needs a few rounds before its steps settle (cuDNN autotuning
     # and the caching allocator's first cudaMallocs, per model): with one,
-    # the H100's VTHCL median over 10 steps read 155 ms against 137 ms
+    # an H100 run read 1.20x, the VTHCL step's median 155 ms against its
+    # minimum 135 ms (benchmarks/README.md, "On a GPU")
     faults = {}
     t = interleaved(dict(vthcl=vthcl, stock=stock), args.reps, device=dev,
                     warmup=3 if dev.startswith('cuda') else 1,
