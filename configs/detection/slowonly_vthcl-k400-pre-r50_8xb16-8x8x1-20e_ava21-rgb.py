@@ -23,7 +23,10 @@ default_scope = 'mmaction'
 # detector-level init_cfg, as in the stock config. A backbone-level init_cfg
 # would be ignored (ResNet3d overrides init_weights).
 vthcl_checkpoint = 'work_dirs/vthcl_r50_k400/vthcl_r50_k400_backbone.pth'
-url = None  # the stock base's supervised K400 download, not used
+# The stock base's supervised K400 download, unused (init_cfg is replaced
+# below); set to None so that no URL is left in the merged config
+# (tests/test_plugin.py: no shipped config may reach the network).
+url = None
 
 model = dict(
     init_cfg=dict(type='Pretrained', checkpoint=vthcl_checkpoint),

@@ -129,6 +129,7 @@ COLOR_PARAMS_FAST_KEY = COLOR_PARAMS_KEY + '_fast'
 # MMAction2's ColorJitter: 0 brightness, 1 contrast, 2 saturation, 3 hue) and
 # grey (0/1). float64 keeps the factors exactly as drawn.
 _ON, _FACTORS, _ORDER, _GREY = 0, slice(1, 5), slice(5, 9), 9
+_HUE = 4  # the hue factor, the last of _FACTORS
 _RECORD_LEN = 10
 
 
@@ -213,9 +214,10 @@ class ClipColorJitter(ColorJitter):
         saturation (float | tuple[float]): Jitter range for saturation.
             Defaults to 0.4.
         hue (float | tuple[float]): Jitter range for hue, in MMAction2's
-            units: h shifts OpenCV's 180-step hue circle by int(h · 255), so
-            0.1 is up to ±25 steps (±51°; torchvision's hue=0.1 is ±36°,
-            about 0.07 here). Defaults to 0.1.
+            units: h shifts OpenCV's 180-step hue circle (2° a step) by
+            int(h · 255) steps, so 0.1 is up to ±25 steps (±50°;
+            torchvision's hue=0.1 is ±36°, about 0.07 here). Defaults to
+            0.1.
         defer (bool): Only draw the parameters and record them in
             ``results['color_params']``, for ``ClipColorDataPreprocessor`` to
             apply on the model's device. Must come after every transform that
@@ -589,7 +591,7 @@ def apply_color_params(clips: torch.Tensor,
         x = x.clamp_(0, 255).floor_()  # np.clip + astype(np.uint8)
         if hue.any():
             rows = np.flatnonzero(hue)
-            offset = np.trunc(records[:, 4] * 255)  # int(), as MMAction2
+            offset = np.trunc(records[:, _HUE] * 255)  # int(), as MMAction2
             if opencv_hue is None:
                 opencv_hue = x.device.type == 'cpu'
             if opencv_hue:

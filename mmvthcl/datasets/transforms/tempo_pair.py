@@ -45,7 +45,7 @@ class TempoPairSampleFrames(BaseTransform):
 
         - frame_inds (slow clip), fast_frame_inds
         - clip_len, fast_clip_len, frame_interval, fast_frame_interval
-        - num_clips (1), tempo_alpha
+        - num_clips (1)
 
     Args:
         clip_len (int): Frames of the slow clip. Defaults to 8.
@@ -137,7 +137,6 @@ class TempoPairSampleFrames(BaseTransform):
         results['frame_interval'] = self.frame_interval
         results['fast_frame_interval'] = self.fast_interval
         results['num_clips'] = 1
-        results['tempo_alpha'] = self.alpha
         return results
 
     def __repr__(self) -> str:

@@ -1,6 +1,6 @@
 """Report the bad videos a run skipped, and stop it when they are too many."""
 import os.path as osp
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from mmengine.dist import all_gather_object, all_reduce, is_main_process
@@ -52,7 +52,7 @@ class BadVideoHook(Hook):
                  max_bad_fraction: float = 0.01,
                  interval: int = 50,
                  min_samples: int = 1000,
-                 out_file: str = 'bad_videos.txt',
+                 out_file: Optional[str] = 'bad_videos.txt',
                  max_listed: int = 10) -> None:
         if not 0.0 <= max_bad_fraction <= 1.0:
             raise ValueError('BadVideoHook: max_bad_fraction must be in '

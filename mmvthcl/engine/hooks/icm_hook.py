@@ -77,7 +77,6 @@ class ICMHook(Hook):
         self.size = size
         self.tile = tile
         self._clips = None  # decoded on first use: list of ICMClips
-        self.written: List[str] = []  # paths of the images drawn so far
 
     # ---------------------------------------------------------- videos
     @staticmethod
@@ -155,7 +154,6 @@ class ICMHook(Hook):
             runner.logger.warning(f'ICMHook: no ICM at iteration {step}: '
                                   f'{type(e).__name__}: {e}')
             return None
-        self.written.append(path)
         return path
 
     def after_train_iter(self,

@@ -31,10 +31,12 @@ class VTHCLResNet3d(ResNet3dSlowOnly):
     It adds no parameter and renames none, so its state dict is key for key
     the one of :class:`ResNet3dSlowOnly`: an exported encoder loads into stock
     recognizers and the AVA detector with ``strict=True``. Differences from
-    the stock class are defaults only: it returns the features of several
-    stages (always as a tuple), it never fetches weights from the network
+    the stock class: by default it returns the features of several stages
+    (always as a tuple), it never fetches weights from the network
     (``pretrained=None``) and a checkpoint given as ``pretrained`` is a 3D one
-    (``pretrained2d=False``).
+    (``pretrained2d=False``); and stages after the deepest one in
+    ``out_indices`` are frozen (``requires_grad=False``) and not run, their
+    keys kept with their initial weights.
 
     Args:
         depth (int): ResNet depth, 18 or 50 (any depth of

@@ -211,10 +211,12 @@ def info_nce(query: torch.Tensor,
     from_bank = not (positive.requires_grad or negatives.requires_grad)
     # Bank rows: the fused form, which does not keep them for backward
     # (1.9x faster on CPU, 5.8x leaner with per-sample negatives). Not for
-    # shared negatives on a GPU: there the head is bound by kernel launches
-    # and autograd's form launched fewer (H100, R18 at 112², one bank at a
-    # time: 10.7 vs 13.8 ms per step, benchmarks/README.md), while K shared
-    # rows are little memory.
+    # shared negatives on a GPU: there the head is bound by kernel launches,
+    # not arithmetic, and the two forms cost the same within noise (H100,
+    # R18 at 112²: banks together, autograd 11.8 vs fused 12.1 ms per step;
+    # one bank at a time, fused 14.3 vs 14.7; benchmarks/README.md, "On a
+    # GPU", "Head"), so GPUs keep autograd's; K shared rows are little
+    # memory.
     if from_bank and not (query.is_cuda and negatives.dim() == 3):
         return _FusedInfoNCE.apply(query, positive, negatives, temperature,
                                    exclude)
