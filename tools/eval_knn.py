@@ -8,17 +8,13 @@ config: the baseline pretraining has to beat. The last line printed is
 ``knn_top1: <percent>``.
 """
 import argparse
-import logging
 
 import mmvthcl  # noqa: F401  (registers mmvthcl types, applies compat fixes)
 import torch
-from mmengine.config import Config, DictAction
-from mmengine.logging import MMLogger
-from mmengine.registry import init_default_scope
+from mmengine.config import DictAction
 
-from mmaction.registry import MODELS
 from mmvthcl.evaluation import evaluate_knn, knn_pipeline
-from mmvthcl.utils import load_vthcl_weights
+from mmvthcl.utils import build_vthcl_model, load_tool_config
 
 
 def parse_args(argv=None):
@@ -51,24 +47,15 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmaction'))
-    MMLogger.get_current_instance().setLevel(logging.WARNING)
+    cfg = load_tool_config(args.config, args.cfg_options)
     device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise SystemExit(f'--device {device}: CUDA is not available here')
-    # built and initialised on the CPU, so that the random encoder is the
-    # same whatever the device
-    torch.manual_seed(args.seed)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
+    try:
+        model = build_vthcl_model(cfg, args.checkpoint, args.seed)
+    except ValueError as e:
+        raise SystemExit(str(e))
     if args.checkpoint:
-        try:
-            load_vthcl_weights(model, args.checkpoint)
-        except ValueError as e:
-            raise SystemExit(str(e))
         print(f'encoder: {args.checkpoint}')
     else:
         print('encoder: random initialisation (no checkpoint given)')

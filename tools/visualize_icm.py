@@ -9,20 +9,16 @@ CHECKPOINT ``none`` draws a randomly initialised model of the config (a
 baseline with no learned correspondence; the image says so).
 """
 import argparse
-import logging
 import os.path as osp
 
 import mmvthcl  # noqa: F401  (registers mmvthcl types, applies compat fixes)
 import torch
-from mmengine.config import Config, DictAction
-from mmengine.logging import MMLogger
-from mmengine.registry import init_default_scope
+from mmengine.config import DictAction
 
-from mmaction.registry import MODELS
+from mmvthcl.utils import build_vthcl_model, load_tool_config
 from mmvthcl.visualization import (compute_icm, load_icm_clips,
                                    render_icm_animation, render_icm_grid,
                                    save_gif, save_image)
-from mmvthcl.utils import load_vthcl_weights
 from mmvthcl.visualization.icm import check_depths
 
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
@@ -76,25 +72,18 @@ def main(argv=None):
     if ext not in IMAGE_EXTS + ('.gif', ):
         raise SystemExit(f'{args.out}: --out must end in .png, .jpg or '
                          '.gif')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
-    init_default_scope(cfg.get('default_scope', 'mmaction'))
-    MMLogger.get_current_instance().setLevel(logging.WARNING)
-
-    torch.manual_seed(args.seed)
-    model = MODELS.build(cfg.model)
+    cfg = load_tool_config(args.config, args.cfg_options)
     random_weights = args.checkpoint.lower() == 'none'
+    try:
+        model = build_vthcl_model(
+            cfg, None if random_weights else args.checkpoint, args.seed)
+    except ValueError as e:
+        raise SystemExit(str(e))
     if random_weights:
-        model.init_weights()
         weights = 'RANDOM WEIGHTS (no checkpoint)'
         print('WARNING: no checkpoint: drawing a randomly initialised model;'
               ' its ICM shows no learned correspondence')
     else:
-        try:
-            load_vthcl_weights(model, args.checkpoint)
-        except ValueError as e:
-            raise SystemExit(str(e))
         weights = osp.basename(args.checkpoint)
     model.to(args.device)
     try:

@@ -3,11 +3,9 @@ files: clear errors on bad input, optional skipping of bad videos, and
 per-sample augmentation that survives a restart."""
 import contextlib
 import os.path as osp
-import random
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
-import torch
 from mmengine.fileio import exists, list_from_file
 
 from mmaction.datasets import VideoDataset
@@ -16,7 +14,7 @@ from mmaction.datasets.transforms import (DecordDecode, DecordInit,
                                           PIMSDecode, PIMSInit, PyAVDecode,
                                           PyAVInit)
 from mmaction.registry import DATASETS
-from ..utils import preserved_rng
+from ..utils import preserved_rng, seed_generators, seed_words
 from .transforms.clip_augment import check_color_records_are_packed
 from .video_checks import (BadVideoError, file_start, probe_video_file,
                            video_path)
@@ -24,13 +22,6 @@ from .video_checks import (BadVideoError, file_start, probe_video_file,
 #: transforms whose failures are failures of the file they read
 READER_TRANSFORMS = (DecordInit, DecordDecode, OpenCVInit, OpenCVDecode,
                      PyAVInit, PyAVDecode, PIMSInit, PIMSDecode)
-
-_MASK64 = (1 << 64) - 1
-
-
-def _seed_words(*key: int) -> List[int]:
-    # SeedSequence takes non-negative integers; a config may give any int
-    return [int(k) & _MASK64 for k in key]
 
 
 @contextlib.contextmanager
@@ -41,13 +32,9 @@ def seeded_rng(*key: int) -> Iterator[None]:
     The states are restored so that loading in the main process
     (``num_workers=0``) draws nothing from the generators the model uses.
     """
-    state = np.random.SeedSequence(_seed_words(*key)).generate_state(4)
     with preserved_rng():
-        random.seed(int(state[0]))
-        np.random.seed(state[:2])
         # the CPU generator only: the pipeline runs on CPU
-        torch.random.default_generator.manual_seed(
-            int(state[2]) << 32 | int(state[3]))
+        seed_generators(*key, cuda=False)
         yield
 
 
@@ -240,7 +227,7 @@ class RobustVideoDataset(VideoDataset):
                 f'sample {idx} is bad and the dataset has no other sample '
                 'to replace it with', reason='no replacement')
         rng = np.random.default_rng(
-            _seed_words(seed, epoch, idx, attempt, 0x5EED))
+            seed_words(seed, epoch, idx, attempt, 0x5EED))
         other = int(rng.integers(n - 1))
         return other + (other >= idx)
 

@@ -16,12 +16,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from mmengine.dataset import pseudo_collate
-from mmengine.model import is_model_wrapper
 from torch.utils.data import DataLoader
 
 from mmaction.registry import DATASETS
 from ..models.memories.hierarchical_memory_bank import all_gather_rows
-from ..utils import eval_mode, preserved_rng, tempo_sampling, train_crop_size
+from ..utils import (eval_mode, preserved_rng, select_depths, tempo_sampling,
+                     train_crop_size, unwrap_model)
 
 
 def knn_pipeline(cfg) -> List[dict]:
@@ -80,10 +80,8 @@ def extract_features(model, loader, depth: str = 'res5',
     Returns:
         tuple: features (N, C), not normalised, and labels (N, ).
     """
-    model = model.module if is_model_wrapper(model) else model
-    if depth not in model.depths:
-        raise ValueError(f'depth {depth!r} is not one of the model depths '
-                         f'{model.depths}')
+    model = unwrap_model(model)
+    select_depths(depth, model.depths)
     pos = model.depths.index(depth)
     feats, labels = [], []
     device = next(model.parameters()).device

@@ -21,15 +21,12 @@ from typing import Dict, Tuple
 
 import torch
 
-from ..compat import load_tensors_only
+from ..utils import VTHCL_KEYS, checkpoint_state_dict, is_vthcl_state_dict
 
 #: State-dict prefix of each encoder inside :class:`VTHCL`.
 ENCODER_PREFIX = {'slow': 'backbone.', 'fast': 'fast_backbone.'}
 #: Key layouts of the exported file.
 FORMATS = ('prefixed', 'backbone')
-# Only VTHCL's contrastive head keeps memory banks: their presence tells a
-# VTHCL checkpoint from a recognizer's, which also has ``backbone.*`` keys.
-_VTHCL_MARKER = 'head.memory.'
 
 
 def _describe(state_dict: Dict[str, torch.Tensor]) -> str:
@@ -68,13 +65,11 @@ def encoder_state_dict(state_dict: Dict[str, torch.Tensor],
     if encoder not in ENCODER_PREFIX:
         raise ValueError(f"encoder must be 'slow' or 'fast', got {encoder!r}")
     slow = ENCODER_PREFIX['slow']
-    has_slow = any(k.startswith(slow) for k in state_dict)
-    if not has_slow or not any(k.startswith(_VTHCL_MARKER)
-                               for k in state_dict):
+    if not is_vthcl_state_dict(state_dict):
         raise ValueError(
             f'{source} holds no VTHCL encoder: a VTHCL training checkpoint '
-            f"has '{slow}*' and '{_VTHCL_MARKER}*' keys, but "
-            f'{_describe(state_dict)}')
+            'has ' + ' and '.join(f"'{p}*'" for p in VTHCL_KEYS) +
+            f' keys, but {_describe(state_dict)}')
     shared = not any(k.startswith(ENCODER_PREFIX['fast']) for k in state_dict)
     # with share_encoder=True the one encoder embeds both tempos
     prefix = slow if shared else ENCODER_PREFIX[encoder]
@@ -92,8 +87,9 @@ def export_encoder(checkpoint: str,
                    overwrite: bool = False) -> Dict[str, object]:
     """Write one encoder of a VTHCL checkpoint as a tensors-only file.
 
-    The checkpoint is read with :func:`mmvthcl.compat.load_tensors_only`, so
-    nothing pickled in it is executed.
+    The checkpoint is read with :func:`mmvthcl.utils.checkpoint_state_dict`
+    (:func:`mmvthcl.compat.load_tensors_only` underneath), so nothing
+    pickled in it is executed.
 
     Args:
         checkpoint (str): A VTHCL training checkpoint (MMEngine format, or a
@@ -118,19 +114,11 @@ def export_encoder(checkpoint: str,
         if not overwrite:
             raise FileExistsError(f'{out} exists; pass --overwrite '
                                   '(overwrite=True) to replace it')
-    ckpt = load_tensors_only(checkpoint)
     # an MMEngine checkpoint, or a model's bare state dict
-    state_dict = ckpt.get('state_dict', ckpt) if isinstance(ckpt,
-                                                            dict) else ckpt
-    if not isinstance(state_dict, dict):
+    state_dict = checkpoint_state_dict(checkpoint)
+    if state_dict is None:
         raise ValueError(f'{checkpoint} holds no VTHCL encoder: it is not a '
                          'checkpoint dict')
-    # placeholders for non-tensor objects are not weights
-    state_dict = {
-        k: v
-        for k, v in state_dict.items()
-        if isinstance(k, str) and isinstance(v, torch.Tensor)
-    }
     weights, shared = encoder_state_dict(state_dict, encoder, checkpoint)
     if fmt == 'prefixed':
         weights = {ENCODER_PREFIX['slow'] + k: v for k, v in weights.items()}

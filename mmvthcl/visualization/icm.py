@@ -1,7 +1,8 @@
 """Instance Correspondence Map (ICM): where the two tempos agree.
 
 The paper shows ICMs but its formula is not available to us; this is our
-definition (see ``docs/DESIGN.md``). For one video, at one depth d:
+definition (README.md, "Instance Correspondence Map"). For one video, at
+one depth d:
 
 - the slow clip's feature map goes through the slow φ_d at every
   spatio-temporal location (:meth:`Projection.dense`: the MLP as 1×1×1
@@ -28,12 +29,12 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmengine.model import is_model_wrapper
 
 from mmaction.datasets.transforms import CenterCrop, DecordInit, Resize
 from ..datasets.transforms.tempo_pair import (TempoPairDecode,
                                               TempoPairSampleFrames)
-from ..utils import eval_mode, tempo_sampling, train_crop_size
+from ..utils import (eval_mode, select_depths, tempo_sampling,
+                     train_crop_size, unwrap_model)
 
 TEMPOS = ('slow', 'fast')
 #: what each tempo's dense map is compared with
@@ -190,7 +191,7 @@ def load_icm_clips(
 # ------------------------------------------------------------ computation
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The VTHCL model inside a DDP (or other) wrapper, checked."""
-    model = model.module if is_model_wrapper(model) else model
+    model = unwrap_model(model)
     head = getattr(model, 'head', None)
     if not (hasattr(model, 'extract_feat') and hasattr(head, 'projections')
             and hasattr(head, 'depths')):
@@ -204,12 +205,7 @@ def check_depths(
     """Validate the requested depths (None or ``'all'``: every depth)."""
     if depths is None or depths == 'all':
         return tuple(model.head.depths)
-    depths = (depths, ) if isinstance(depths, str) else tuple(depths)
-    for d in depths:
-        if d not in model.head.depths:
-            raise ValueError(f'depth {d!r} is not one of the model depths '
-                             f'{tuple(model.head.depths)}')
-    return depths
+    return select_depths(depths, model.head.depths)
 
 
 @torch.no_grad()

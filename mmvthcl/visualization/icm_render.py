@@ -12,6 +12,7 @@ from typing import List, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from ..utils import select_depths
 from .icm import TEMPOS, ICMResult
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
@@ -106,12 +107,8 @@ def _row(label: str, tiles: dict, num_cols: int, tile: int) -> np.ndarray:
 def _check_depths(result: ICMResult, depths) -> tuple:
     if depths is None:
         return result.depths
-    depths = (depths, ) if isinstance(depths, str) else tuple(depths)
-    for d in depths:
-        if d not in result.maps:
-            raise KeyError(f'no ICM computed at depth {d!r} (have '
-                           f'{result.depths})')
-    return depths
+    return select_depths(depths, result.depths,
+                         'the depths the ICM was computed at', KeyError)
 
 
 def render_icm_grid(result: ICMResult,

@@ -1,16 +1,12 @@
 """Resume a run so that it continues exactly as if never interrupted."""
-import random
 from typing import Optional
 
-import numpy as np
-import torch
 from mmengine.hooks import Hook
 from mmengine.runner import IterBasedTrainLoop
 
 from mmaction.registry import HOOKS
 from mmvthcl.datasets import ResumableSampler
-
-_MASK64 = (1 << 64) - 1
+from ...utils import seed_generators
 
 
 def train_sampler(runner):
@@ -165,8 +161,4 @@ class ExactResumeHook(Hook):
         if not self.reseed_every_iter:
             return
         seed = runner.seed if runner.seed is not None else 0
-        words = [int(seed) & _MASK64, int(runner.iter), 0xC0FFEE]
-        state = np.random.SeedSequence(words).generate_state(4)
-        random.seed(int(state[0]))
-        np.random.seed(state[:2])
-        torch.manual_seed(int(state[2]) << 32 | int(state[3]))
+        seed_generators(seed, runner.iter, 0xC0FFEE)

@@ -3,10 +3,10 @@ import os.path as osp
 from typing import List, Optional
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 
 from mmaction.registry import HOOKS
 from ...evaluation.knn import evaluate_knn, knn_pipeline
+from ...utils import select_depths, unwrap_model
 
 
 @HOOKS.register_module()
@@ -63,17 +63,16 @@ class KNNMonitorHook(Hook):
         self.num_workers = num_workers
         self.center = center
         self._loaders = {}  # built on first use, reused afterwards
-        self.history = []  # (epoch, top1) of every evaluation
 
     def before_run(self, runner) -> None:
         # a wrong depth or list would otherwise stop the run at the first
         # evaluation, `interval` epochs in, before that epoch's checkpoint
-        model = runner.model.module if is_model_wrapper(
-            runner.model) else runner.model
-        if self.depth not in model.depths:
-            raise ValueError(
-                f'KNNMonitorHook: depth {self.depth!r} is not one of the '
-                f'model depths {tuple(model.depths)}; set the hook\'s depth')
+        model = unwrap_model(runner.model)
+        try:
+            select_depths(self.depth, model.depths)
+        except ValueError as e:
+            raise ValueError(f"KNNMonitorHook: {e}; set the hook's depth") \
+                from None
         for key in ('train_ann', 'val_ann'):
             path = getattr(self, key)
             if not osp.isfile(path):
@@ -91,7 +90,6 @@ class KNNMonitorHook(Hook):
             depth=self.depth, batch_size=self.batch_size,
             num_workers=self.num_workers, loaders=self._loaders,
             center=self.center)
-        self.history.append((runner.epoch + 1, top1))
         runner.message_hub.update_scalar('knn/top1', top1)
         runner.visualizer.add_scalars({'knn/top1': top1}, step=runner.iter)
         runner.logger.info(f'Epoch {runner.epoch + 1}: knn/top1: {top1:.2f}'

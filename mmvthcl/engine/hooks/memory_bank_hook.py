@@ -4,16 +4,15 @@ from typing import List
 
 from mmengine.dist import all_reduce_params, get_world_size
 from mmengine.hooks import CheckpointHook, SyncBuffersHook
-from mmengine.model import is_model_wrapper
 from mmengine.runner import BaseLoop
 
 from mmaction.registry import HOOKS
-from ...utils import inner_dataset
+from ...utils import inner_dataset, unwrap_model
 
 
 def find_memory(model):
     """The head and :class:`HierarchicalMemoryBank` of a (wrapped) VTHCL."""
-    model = model.module if is_model_wrapper(model) else model
+    model = unwrap_model(model)
     head = getattr(model, 'head', None)
     memory = getattr(head, 'memory', None)
     if memory is None:
@@ -54,7 +53,7 @@ def batches_per_rank(num_samples: int, world: int, batch_size: int,
 
 
 def _state_dict_prefix(model, module) -> str:
-    model = model.module if is_model_wrapper(model) else model
+    model = unwrap_model(model)
     for name, m in model.named_modules():
         if m is module:
             return name + '.'

@@ -60,13 +60,21 @@ def all_gather_rows(tensor: torch.Tensor, return_sizes: bool = False):
         out = tensor.detach()
         return (out, [tensor.shape[0]]) if return_sizes else out
     world = torch_dist.get_world_size()
-    sizes = gather_sizes(tensor.shape[0], tensor.device)
-    padded = tensor.new_zeros((max(sizes), ) + tuple(tensor.shape[1:]))
-    padded[:tensor.shape[0]] = tensor.detach()
+    padded, sizes = _padded_rows(tensor)
     out = [torch.empty_like(padded) for _ in range(world)]
     torch_dist.all_gather(out, padded)
     out = torch.cat([o[:s] for o, s in zip(out, sizes)])
     return (out, sizes) if return_sizes else out
+
+
+def _padded_rows(tensor: torch.Tensor) -> Tuple[torch.Tensor, List[int]]:
+    """``tensor``'s rows, detached and padded with zeros to the largest row
+    count of any rank (collectives need one shape), and every rank's row
+    count (one ``all_gather``)."""
+    sizes = gather_sizes(tensor.shape[0], tensor.device)
+    padded = tensor.new_zeros((max(sizes), ) + tuple(tensor.shape[1:]))
+    padded[:tensor.shape[0]] = tensor.detach()
+    return padded, sizes
 
 
 def gather_rows(tensor: torch.Tensor, dst: int = 0) -> List[torch.Tensor]:
@@ -74,12 +82,7 @@ def gather_rows(tensor: torch.Tensor, dst: int = 0) -> List[torch.Tensor]:
     order), the others get an empty list."""
     rank = torch_dist.get_rank()
     world = torch_dist.get_world_size()
-    n = torch.tensor([tensor.shape[0]], device=tensor.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    torch_dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    padded = tensor.new_zeros((max(sizes), ) + tuple(tensor.shape[1:]))
-    padded[:tensor.shape[0]] = tensor.detach()
+    padded, sizes = _padded_rows(tensor)
     out = [torch.empty_like(padded) for _ in range(world)] \
         if rank == dst else None
     torch_dist.gather(padded, out, dst=dst)
@@ -435,17 +438,23 @@ class HierarchicalMemoryBank(BaseModule):
                 out[name] = full[:self.num_samples]
         return out
 
+    def _take_size(self, name: str, rows: int) -> None:
+        """Make the banks ``rows`` long, as checkpoint bank ``name`` is: a
+        size left open is adopted, one fixed by the config or the training
+        set is refused."""
+        if rows == self.num_samples:
+            return
+        if self.size_fixed:
+            raise ValueError(
+                f'checkpoint memory bank {name} has {rows} rows but this '
+                f'run expects {self.num_samples} (the training set length '
+                'or model.head.memory.num_samples): the checkpoint comes '
+                'from another dataset')
+        self.resize(rows, fixed=False)
+
     def load_full_bank(self, name: str, full: torch.Tensor) -> None:
         """Take this rank's rows of a whole bank (sharded mode)."""
-        if full.shape[0] != self.num_samples:
-            if self.size_fixed:
-                raise ValueError(
-                    f'checkpoint memory bank {name} has {full.shape[0]} '
-                    f'rows but this run expects {self.num_samples} (the '
-                    'training set length or '
-                    'model.head.memory.num_samples): the checkpoint comes '
-                    'from another dataset')
-            self.resize(full.shape[0], fixed=False)
+        self._take_size(name, full.shape[0])
         lo, hi = self.shard_range()
         bank = getattr(self, name)
         bank.copy_(full[lo:hi].to(bank.device, bank.dtype))
@@ -463,16 +472,7 @@ class HierarchicalMemoryBank(BaseModule):
                 if name in state_dict:
                     self.load_full_bank(name[len(prefix):], state_dict[name])
         elif names[0] in state_dict:
-            n = state_dict[names[0]].shape[0]
-            if n != self.num_samples:
-                if self.size_fixed:
-                    raise ValueError(
-                        f'checkpoint memory bank {names[0]} has {n} rows '
-                        f'but this run expects {self.num_samples} (the '
-                        'training set length or '
-                        'model.head.memory.num_samples): the checkpoint '
-                        'comes from another dataset')
-                self.resize(n, fixed=False)
+            self._take_size(names[0], state_dict[names[0]].shape[0])
         super()._load_from_state_dict(state_dict, prefix, local_metadata,
                                       strict, missing_keys, unexpected_keys,
                                       error_msgs)
