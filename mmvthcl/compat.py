@@ -293,6 +293,16 @@ def disable_multimodal_if_transformers_incompatible() -> bool:
 # 4. numpy 2: ColorJitter's hue shift overflows uint8
 # --------------------------------------------------------------------------
 def _adjust_hue(img, factor):
+    """MMAction2's hue shift, computed in int16.
+
+    Stock adds ``int(factor * 255)`` to OpenCV's 8-bit hue (0..179), then
+    takes it modulo 180. Under numpy 1 a negative offset promoted the sum to
+    int16, and that is what this computes for every offset. A positive one
+    stays uint8 under both numpy versions and wraps at 256 before the
+    modulo when hue + offset >= 256, possible only for offsets >= 77
+    (``hue`` > 0.3, far above the 0.1 of the design and of stock configs);
+    there this gives the rotation the modulo means instead of the wrap.
+    """
     import cv2
     import numpy as np
     img = np.clip(img, 0, 255).astype(np.uint8)
@@ -329,6 +339,8 @@ def fix_color_jitter_hue_numpy2() -> bool:
     if not color_jitter_hue_is_broken():
         return False
     from mmaction.datasets.transforms import ColorJitter
+    # kept for the test that compares the two where stock works
+    ColorJitter._mmvthcl_stock_adjust_hue = ColorJitter.adjust_hue
     ColorJitter.adjust_hue = staticmethod(_adjust_hue)
     return True
 

@@ -13,7 +13,7 @@ from mmengine.config import Config
 
 from mmvthcl import compat
 
-from .conftest import ROOT, free_port, init_gloo
+from .conftest import ROOT, Boom, free_port, init_gloo
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
@@ -144,12 +144,67 @@ def test_mmaction_base_configs_without_pkg_resources(tmp_path):
     assert 'patched: mmaction' in out.stdout
 
 
-def test_package_lookup_matches_pkg_resources():
+def test_package_lookup_finds_modules_named_unlike_their_distribution():
     assert compat._is_installed('mmaction2')
     assert not compat._is_installed('surely-not-a-package-xyz')
     import mmaction
     assert osp.realpath(compat._get_installed_path('mmaction2')) == \
         osp.realpath(osp.dirname(mmaction.__file__))
+
+
+#: distributions whose top-level module has another name (mmaction2 →
+#: mmaction, PyYAML → yaml, ...); those installed here are compared
+OTHER_MODULE_NAME = ('mmaction2', 'opencv-python', 'PyYAML', 'pillow',
+                     'importlib-metadata', 'python-dateutil')
+
+
+def _stock_package_utils():
+    """MMEngine's own ``package_utils`` (the pkg_resources lookups the
+    patch replaces), loaded from its file as a separate module: the
+    imported one holds the patched functions."""
+    import importlib.util
+
+    import mmengine.utils.package_utils as patched
+    spec = importlib.util.spec_from_file_location('stock_package_utils',
+                                                  patched.__file__)
+    stock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stock)
+    assert stock.get_installed_path is not compat._get_installed_path
+    return stock
+
+
+@pytest.mark.filterwarnings('ignore:pkg_resources is deprecated')
+def test_package_lookup_matches_pkg_resources():
+    """Same answers as MMEngine's pkg_resources-based originals, for
+    distributions whose module has another name, for module names, and
+    for something not installed."""
+    pytest.importorskip('pkg_resources')
+    from importlib import metadata
+    stock = _stock_package_utils()
+    installed = []
+    for name in OTHER_MODULE_NAME:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        installed.append(name)
+    assert 'mmaction2' in installed
+    for name in installed + ['mmaction', 'yaml', 'cv2',
+                             'surely-not-a-package-xyz']:
+        assert compat._is_installed(name) == stock.is_installed(name), name
+    compared = []
+    for name in installed:
+        try:
+            want = stock.get_installed_path(name)
+        except ValueError:  # no top_level.txt: stock cannot tell either
+            continue
+        got = compat._get_installed_path(name)
+        assert osp.realpath(got) == osp.realpath(want), name
+        assert osp.isdir(got), name
+        compared.append((name, osp.basename(got)))
+    # the case the lookup exists for: the directory is not the
+    # distribution's name, for more than one distribution
+    assert sum(dist != module for dist, module in compared) >= 2, compared
 
 
 def test_cpu_set_device_is_a_noop_without_cuda():
@@ -180,32 +235,34 @@ def test_config_adapted_for_cpu_distributed_runs():
 
 def test_color_jitter_hue_fixed_for_numpy2():
     from mmaction.datasets.transforms import ColorJitter
-    img = np.full((2, 2, 3), 200, np.float32)
-    img[..., 0] = 50
-    out = ColorJitter.adjust_hue(img, -0.1)  # raised OverflowError before
-    # hue shifted, brightness kept: a reference through float HSV
-    import cv2
-    hsv = cv2.cvtColor(img.astype(np.uint8), cv2.COLOR_RGB2HSV)
-    hsv[..., 0] = (hsv[..., 0].astype(int) + int(-0.1 * 255)) % 180
-    ref = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    np.testing.assert_array_equal(out, ref.astype(np.float32))
-
-
-class _Boom:
-    """Pickles as a call to os.system: what a malicious checkpoint holds."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.path}', ))
+    stock = getattr(ColorJitter, '_mmvthcl_stock_adjust_hue', None)
+    if stock is None:
+        pytest.skip('ColorJitter.adjust_hue works here: nothing was replaced')
+    # a grid of the RGB cube: every OpenCV hue, dark and light, grey too
+    v = np.arange(0, 256, 5, dtype=np.float32)
+    img = np.stack(np.meshgrid(v, v, v, indexing='ij'), -1).reshape(-1, 1, 3)
+    with pytest.raises(OverflowError):
+        stock(img, -0.1)  # the numpy-2 failure the fix is for
+    # Stock is right where it does not fail and its uint8 sum does not wrap
+    # (hue + offset < 256: offsets up to 76); the fix must equal it there.
+    for offset in (0, 1, 25, 76):
+        f = (offset + 0.5) / 255  # int(f * 255) == offset
+        np.testing.assert_array_equal(
+            ColorJitter.adjust_hue(img, f), stock(img, f), err_msg=offset)
+    # A negative offset o is the same rotation of the 180-step circle as
+    # 180 + o, which stock computes without failing or wrapping if <= 76.
+    for offset in (-104, -127):
+        np.testing.assert_array_equal(
+            ColorJitter.adjust_hue(img, (offset - 0.5) / 255),
+            stock(img, (180 + offset + 0.5) / 255),
+            err_msg=offset)
 
 
 def test_load_tensors_only_never_runs_pickled_code(tmp_path):
     marker = tmp_path / 'pwned'
     ckpt = tmp_path / 'evil.pth'
     torch.save({'state_dict': {'w': torch.ones(2)},
-                'meta': {'x': _Boom(marker)}}, str(ckpt))
+                'meta': {'x': Boom(marker)}}, str(ckpt))
     loaded = compat.load_tensors_only(str(ckpt))
     assert not marker.exists()
     assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
@@ -229,7 +286,7 @@ def test_load_from_reads_full_checkpoints_tensors_only(tmp_path):
     marker = tmp_path / 'pwned'
     ckpt = tmp_path / 'epoch_1.pth'
     torch.save({'state_dict': {'w': torch.ones(2)},
-                'meta': {'hub': _Boom(marker)}}, str(ckpt))
+                'meta': {'hub': Boom(marker)}}, str(ckpt))
     loaded = _load_checkpoint(str(ckpt), map_location='cpu')
     assert torch.equal(loaded['state_dict']['w'], torch.ones(2))
     assert not marker.exists()
@@ -238,13 +295,65 @@ def test_load_from_reads_full_checkpoints_tensors_only(tmp_path):
 
 
 def test_resume_loader_trusts_only_the_resumed_file(tmp_path):
+    """The real wrapper of ``Runner.resume`` (compat.patch_resume_loader)
+    around the stock method: while it runs, the file being resumed is read
+    whole through MMEngine's (patched) loader, any other file stays
+    refused or tensors-only, and ``torch.load`` is given back afterwards,
+    also when resuming fails."""
+    from fractions import Fraction
+
     from mmengine.runner import Runner
+    from mmengine.runner.checkpoint import _load_checkpoint
     assert Runner.resume._mmvthcl_trusted
-    # outside resume, torch.load keeps refusing pickled objects
-    path = tmp_path / 'c.pth'
-    torch.save({'meta': {'x': _Boom(tmp_path / 'm')}}, str(path))
+    own = tmp_path / 'iter_2.pth'
+    # an object torch's weights-only unpickler refuses and a full one
+    # rebuilds, as the message hub in a real checkpoint's meta
+    torch.save({'state_dict': {'w': torch.ones(2)},
+                'meta': {'hub': Fraction(1, 3)}}, str(own))
+    marker = tmp_path / 'pwned'
+    other = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'w': torch.zeros(2)},
+                'meta': {'hub': Boom(marker)}}, str(other))
+    original = torch.load
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    class StubRunner:
+        """The stock ``resume`` starts with ``self.load_checkpoint``; this
+        one loads like ``Runner.load_checkpoint`` does (through
+        ``_load_checkpoint``), tries the other file, then stops the stock
+        method before it needs a real runner."""
+
+        def load_checkpoint(self, filename, map_location='cpu'):
+            seen['wrapped'] = torch.load is not original
+            seen['own'] = _load_checkpoint(filename, map_location)
+            try:
+                torch.load(str(other))
+                seen['other_plain'] = 'loaded'
+            except pickle.UnpicklingError:
+                seen['other_plain'] = 'refused'
+            seen['other'] = _load_checkpoint(str(other), map_location)
+            raise Stop
+
+    with pytest.raises(Stop):
+        Runner.resume(StubRunner(), str(own), map_location='cpu')
+    assert seen['wrapped']  # the patch was active inside resume ...
+    assert seen['own']['meta']['hub'] == Fraction(1, 3)  # ... read whole
+    assert torch.equal(seen['own']['state_dict']['w'], torch.ones(2))
+    # another file during resume: torch's refusal, and tensors only
+    # through MMEngine's loader; its pickled command never ran
+    assert seen['other_plain'] == 'refused'
+    assert torch.equal(seen['other']['state_dict']['w'], torch.zeros(2))
+    assert not marker.exists()
+    # torch.load is restored although resume raised, and the resumed file
+    # is refused again outside resume
+    assert torch.load is original
     with pytest.raises(pickle.UnpicklingError):
-        torch.load(str(path))
+        torch.load(str(own))
+    assert not isinstance(_load_checkpoint(str(own))['meta']['hub'],
+                          Fraction)
 
 
 def test_process_group_released_after_a_run():
