@@ -60,6 +60,18 @@ def load_tool(name):
     return module
 
 
+class Boom:
+    """Pickles as a call to ``os.system``: what a malicious checkpoint
+    holds. Unpickling it fully touches ``path``, so a test can tell whether
+    a loader ran code from the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.path}', ))
+
+
 def free_port() -> int:
     # a fixed port can still be taken (another run, TIME_WAIT): ask the OS
     with socket.socket() as s:

@@ -187,15 +187,53 @@ def test_unit_rows_equals_f_normalize_values_and_gradients():
         4, 6, dtype=torch.float64, requires_grad=True), ))
 
 
-def test_gradients_reach_the_queries_only():
-    head = make_head()
+def reference_query_grads(slow, fast, banks, index, negs, t, weights):
+    """Gradients of the weighted symmetric loss with respect to every
+    query, by float64 autograd through an explicit softmax: each query's
+    scores are its positive and its drawn negatives (own row left out),
+    the loss the mean of logsumexp − positive score."""
+    grads = {}
+    for w, d in zip(weights, DEPTHS):
+        for tempo, queries, other in (('slow', slow, 'fast'),
+                                      ('fast', fast, 'slow')):
+            q = queries[d].detach().double().requires_grad_()
+            bank = banks[d, other].double()
+            per_query = []
+            for i in range(q.shape[0]):
+                own = int(index[i])
+                drawn = [j for j in (negs if negs.dim() == 1 else
+                                     negs[i]).tolist() if j != own]
+                scores = bank[[own] + drawn] @ q[i] / t
+                per_query.append(torch.logsumexp(scores, 0) - scores[0])
+            (w * torch.stack(per_query).mean()).backward()
+            grads[d, tempo] = q.grad
+    return grads
+
+
+@pytest.mark.parametrize('per_sample', [False, True])
+def test_gradients_reach_the_queries_only(per_sample):
+    """The query gradients (computed in the forward pass by the fused
+    InfoNCE, from bank rows) are those of float64 autograd through the
+    loss written out, weights included; the banks get none."""
+    head = make_head(per_sample=per_sample)
+    mem = head.memory
+    banks = {key: mem.bank(*key).clone() for key in mem.keys}
+    index = torch.tensor([0, 1, 2, 3])
+    # the step's negatives, drawn from (seed, step) as the head will
+    negs = mem.sample_negatives((4, 7) if per_sample else (7, ))
     slow = {d: unit(4, 6).requires_grad_() for d in DEPTHS}
     fast = {d: unit(4, 6).requires_grad_() for d in DEPTHS}
-    losses = head.loss(slow, fast, torch.tensor([0, 1, 2, 3]))
+    losses = head.loss(slow, fast, index)
     sum(v for k, v in losses.items() if k.startswith('loss')).backward()
-    assert all(slow[d].grad is not None and fast[d].grad is not None
-               for d in DEPTHS)
-    assert not any(b.requires_grad for b in head.memory.buffers())
+    want = reference_query_grads(slow, fast, banks, index, negs,
+                                 head.temperature, head.loss_weights)
+    for d in DEPTHS:
+        for tempo, queries in (('slow', slow), ('fast', fast)):
+            torch.testing.assert_close(queries[d].grad,
+                                       want[d, tempo].float(), rtol=1e-5,
+                                       atol=1e-6, msg=f'{d} {tempo}')
+    assert not any(b.requires_grad or b.grad is not None
+                   for b in mem.buffers())
 
 
 def test_bank_update_equals_the_formula():

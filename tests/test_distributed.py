@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from mmvthcl.compat import load_tensors_only
+from mmvthcl.models import HierarchicalMemoryBank
 
 from .conftest import (ROOT, free_port, init_gloo, run_tool,
                        write_pretrain_config)
@@ -86,13 +87,23 @@ def test_replicated_banks_are_bit_identical_across_ranks(runs):
 
 
 def test_banks_equal_a_one_process_run_over_the_same_global_batch(runs):
-    _, (r0, _) = runs['two']
+    _, (r0, r1) = runs['two']
     _, (single, ) = runs['one']
-    initial = {}
     for name, bank in r0['banks'].items():
         assert torch.allclose(bank, single['banks'][name], atol=1e-5), name
-        initial[name] = bank
-    # and training did move them: all six rows were updated three times
+    # and training did move them, so the equality is not that of two
+    # untouched banks: 3 steps of a global batch of 2 over the 6 videos
+    # (unshuffled) trained every row once, and every row of every bank
+    # differs from the initial ones (the memory's seeded random rows)
+    seen = sorted(i for rank in (r0, r1) for step in rank['indices']
+                  for i in step)
+    assert seen == list(range(6))
+    initial = HierarchicalMemoryBank(num_samples=6)
+    for depth, tempo in initial.keys:
+        name = f'bank_{depth}_{tempo}'
+        changed = (r0['banks'][name] != initial.bank(depth, tempo)).any(
+            dim=1)
+        assert changed.all(), (name, changed.tolist())
     work, _ = runs['two']
     sd = load_tensors_only(str(work / 'iter_3.pth'))['state_dict']
     assert int(sd['head.memory.num_updates']) == 3

@@ -49,6 +49,152 @@ def test_knn_separates_separable_features():
     assert knn_top1(f[:45], y[:45], f[45:], y[45:], k=5) == 100.0
 
 
+# ---------------------------------------- kNN features against references
+#: a kNN test pipeline at a small size, with 2 views per clip (averaged)
+KNN_PIPELINE = [
+    dict(type='DecordInit'),
+    dict(type='SampleFrames', clip_len=4, frame_interval=2, num_clips=2,
+         test_mode=True),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(-1, 40)),
+    dict(type='CenterCrop', crop_size=32),
+    dict(type='FormatShape', input_format='NCTHW'),
+    dict(type='PackActionInputs', collect_keys=('imgs', )),
+]
+
+
+def hand_features(model, paths, depth):
+    """Pooled features of each video without ``extract_features``: the
+    clips through the same pipeline, normalised with the model's
+    constants, the slow encoder of an eval-mode copy, the mean over (T, H,
+    W) and then over the views."""
+    import copy
+
+    from mmengine.dataset import Compose
+
+    from mmvthcl.models.algorithms.vthcl import IMG_NORM
+    twin = copy.deepcopy(model).eval()
+    pipeline = Compose(copy.deepcopy(KNN_PIPELINE))
+    mean = torch.tensor(IMG_NORM['mean']).view(3, 1, 1, 1)
+    std = torch.tensor(IMG_NORM['std']).view(3, 1, 1, 1)
+    out = []
+    with torch.no_grad():
+        for path in paths:
+            data = pipeline(dict(filename=path, label=-1, start_index=0,
+                                 modality='RGB'))
+            views = (data['inputs']['imgs'].float() - mean) / std
+            assert views.shape[:2] == (2, 3)  # (V, C, T, H, W)
+            fmap = twin.backbone(views)[twin.depths.index(depth)]
+            out.append(fmap.mean(dim=(2, 3, 4)).mean(dim=0))
+    return torch.stack(out)
+
+
+@pytest.fixture(scope='module')
+def knn_setup(shared_videos):
+    """A small random VTHCL with BN statistics away from their initial
+    values (so that eval mode and batch statistics give other features),
+    four videos (the 1080p one is slow to decode) and their features by
+    hand at two depths."""
+    from mmengine.registry import init_default_scope
+
+    from mmaction.registry import MODELS
+
+    # module-scoped: runs before the per-test fixture that sets the scope
+    init_default_scope('mmaction')
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='VTHCL',
+        backbone=dict(type='VTHCLResNet3d', depth=18, base_channels=8),
+        head=dict(type='HierarchicalContrastiveHead', num_negatives=2,
+                  memory=dict(type='HierarchicalMemoryBank',
+                              num_samples=4))))
+    model.init_weights()
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+    paths = [v for v in shared_videos if 'skeleton' not in v][:4]
+    return dict(model=model, paths=paths,
+                feats={d: hand_features(model, paths, d)
+                       for d in ('res4', 'res5')})
+
+
+def write_list(path, videos, labels):
+    path.write_text(''.join(f'{osp.basename(v)} {y}\n'
+                            for v, y in zip(videos, labels)))
+    return str(path)
+
+
+def test_extract_features_pools_the_encoder_output(tmp_path, knn_setup):
+    """Batches of 3 clips (and a last one of 1) of 2 views each give, per
+    clip, the hand-pooled encoder output at the asked depth; the model's
+    modes and buffers are as they were."""
+    import copy
+
+    from mmvthcl.evaluation.knn import build_loader, extract_features
+    from .conftest import VIDEOS
+    model, paths = knn_setup['model'], knn_setup['paths']
+    labels = [2, 0, 1, 2]
+    ann = write_list(tmp_path / 'list.txt', paths, labels)
+    loader = build_loader(ann, VIDEOS, copy.deepcopy(KNN_PIPELINE),
+                          batch_size=3)
+    model.train()
+    modes = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    feats, got_labels = extract_features(model, loader, depth='res4')
+    assert got_labels.tolist() == labels
+    want = knn_setup['feats']['res4']
+    assert feats.shape == want.shape == (4, model.backbone.out_channels[1])
+    torch.testing.assert_close(feats, want, rtol=1e-4, atol=1e-5)
+    assert [m.training for m in model.modules()] == modes
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in state.items())
+
+
+def test_evaluate_knn_equals_a_hand_written_knn(tmp_path, knn_setup,
+                                                monkeypatch):
+    """What evaluate_knn classifies with: the hand features, centred on
+    the train set's mean (or not) and L2-normalised, and an accuracy equal
+    to the one-clip-at-a-time reference on them."""
+    import copy
+
+    from mmvthcl.evaluation import knn as knn_module
+    from .conftest import VIDEOS
+    model, paths = knn_setup['model'], knn_setup['paths']
+    train_y, val_y = [0, 1, 0, 1], [1, 1, 0]
+    train_ann = write_list(tmp_path / 'train.txt', paths, train_y)
+    val_ann = write_list(tmp_path / 'val.txt', paths[1:], val_y)
+    hand = knn_setup['feats']['res5']
+    calls = []
+    real = knn_module.knn_top1
+
+    def spy(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(knn_module, 'knn_top1', spy)
+    for center in (True, False):
+        calls.clear()
+        top1 = knn_module.evaluate_knn(
+            model, train_ann, val_ann, VIDEOS, copy.deepcopy(KNN_PIPELINE),
+            k=3, temperature=0.1, batch_size=2, center=center)
+        train_f, val_f = hand, hand[1:]
+        if center:
+            mean = train_f.mean(dim=0, keepdim=True)
+            train_f, val_f = train_f - mean, val_f - mean
+        train_f, val_f = F.normalize(train_f, dim=1), F.normalize(val_f,
+                                                                  dim=1)
+        (args, kwargs), = calls
+        torch.testing.assert_close(args[0], train_f, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(args[2], val_f, rtol=1e-4, atol=1e-5)
+        assert args[1].tolist() == train_y and args[3].tolist() == val_y
+        assert kwargs == dict(k=3, temperature=0.1)
+        assert top1 == pytest.approx(reference_knn(
+            train_f, torch.tensor(train_y), val_f, torch.tensor(val_y), 3,
+            0.1))
+
+
 def file_digest(path):
     with open(path, 'rb') as fh:
         return hashlib.md5(fh.read()).hexdigest()
@@ -236,7 +382,8 @@ def knn_args(data):
 
 
 @pytest.mark.slow
-def test_monitor_hook_and_eval_knn_agree(tmp_path, tiny_synthetic):
+def test_monitor_hook_and_eval_knn_agree(tmp_path, tiny_synthetic,
+                                         monkeypatch):
     data = tiny_synthetic
     work = tmp_path / 'work'
     out = run_tool(
@@ -264,6 +411,24 @@ def test_monitor_hook_and_eval_knn_agree(tmp_path, tiny_synthetic):
     last = res.strip().splitlines()[-1]
     assert last.startswith('knn_top1: ')
     assert float(last.split()[1]) == pytest.approx(logged[0], abs=0.01)
+    assert f'encoder: {ckpt}\n' in res
+    # and what the CLI evaluates is the checkpoint's model, not a random
+    # one that happened to score the same: its model, caught in-process
+    # where it would be evaluated, holds every weight of the file (the
+    # banks aside, which the kNN does not use)
+    from mmvthcl.compat import load_tensors_only
+    tool = load_tool('eval_knn')
+    evaluated = []
+    monkeypatch.setattr(tool, 'evaluate_knn',
+                        lambda model, *a, **k: evaluated.append(model) or 0.)
+    tool.main([str(a) for a in (DEMO, ckpt, *knn_args(data))] +
+              ['--device', 'cpu'])
+    saved = load_tensors_only(str(ckpt))['state_dict']
+    got = evaluated[0].state_dict()
+    weights = [k for k in saved if not k.startswith('head.memory.')]
+    assert any(k.startswith('backbone.') for k in weights)
+    for k in weights:
+        assert torch.equal(got[k].cpu(), saved[k]), k
     base = run_tool('tools/eval_knn.py', DEMO, *knn_args(data),
                     '--device', 'cpu').stdout
     assert 'random initialisation' in base

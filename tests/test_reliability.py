@@ -28,8 +28,8 @@ from mmvthcl.datasets import (BadVideoError, ResumableSampler,
                               probe_video_file)
 from mmvthcl.models import HierarchicalMemoryBank
 
-from .conftest import (R18_CONFIG, ROOT, VIDEOS, free_port, init_gloo,
-                       load_tool, run_tool)
+from .conftest import (R18_CONFIG, ROOT, VIDEOS, Boom, free_port,
+                       init_gloo, load_tool, run_tool)
 
 R50_CONFIG = osp.join(ROOT, 'configs', 'vthcl_r50_k400.py')
 GOOD = ['demo.mp4', 'demo_skeleton.mp4', 'demo_spatiotemporal_det.mp4',
@@ -350,6 +350,15 @@ def test_too_many_bad_videos_in_a_row_stop(tmp_path, media):
         ds[0]
 
 
+def assert_same_numpy_state(got, expected):
+    """``np.random.get_state()`` tuples (name, key array, position,
+    has_gauss, cached_gaussian) are equal; ``==`` on them would compare the
+    key arrays elementwise."""
+    assert got[0] == expected[0]
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert tuple(got[2:]) == tuple(expected[2:])
+
+
 def test_augmentation_depends_on_seed_epoch_and_index_only(tmp_path, media):
     ds = make_dataset(tmp_path, media, ['test.mp4 0', 'demo.mp4 0'])
 
@@ -361,8 +370,10 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(tmp_path, media):
     state = (random.getstate(), np.random.get_state(), torch.get_rng_state())
     first = clips(SeededIndex(0, 3, 1))
     # the caller's generators are untouched (loading in the main process
-    # must not change what the model draws)
+    # must not change what the model draws): Python's, numpy's (its whole
+    # state: key array, position and cached Gaussian) and torch's
     assert random.getstate() == state[0]
+    assert_same_numpy_state(np.random.get_state(), state[1])
     assert torch.equal(torch.get_rng_state(), state[2])
     np.random.rand(7), torch.rand(3)
     assert torch.equal(clips(SeededIndex(0, 3, 1)), first)
@@ -682,16 +693,6 @@ def test_banks_follow_the_instances_behind_dataset_wrappers(
 
 
 # ------------------------------------------------- tensors-only loading
-class _Boom:
-    """Pickles as a call to os.system: what a malicious checkpoint holds."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.path}', ))
-
-
 @pytest.fixture
 def evil(tmp_path):
     """A tiny VTHCL checkpoint whose meta runs a command when unpickled,
@@ -701,11 +702,11 @@ def evil(tmp_path):
     marker = tmp_path / 'pwned'
     full = tmp_path / 'evil_full.pth'
     torch.save({'state_dict': model.state_dict(),
-                'meta': {'hub': _Boom(marker)}}, str(full))
+                'meta': {'hub': Boom(marker)}}, str(full))
     prefixed = tmp_path / 'evil_backbone.pth'
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in
                                model.backbone.state_dict().items()},
-                'meta': {'hub': _Boom(marker)}}, str(prefixed))
+                'meta': {'hub': Boom(marker)}}, str(prefixed))
     return dict(model=model, marker=marker, full=str(full),
                 prefixed=str(prefixed))
 
@@ -767,7 +768,7 @@ def test_transfer_config_fields_run_nothing_from_the_checkpoint(
 
     bare = tmp_path / 'evil_bare.pth'
     torch.save({'state_dict': evil['model'].backbone.state_dict(),
-                'meta': {'hub': _Boom(evil['marker'])}}, str(bare))
+                'meta': {'hub': Boom(evil['marker'])}}, str(bare))
     backbone = MODELS.build(dict(
         type='ResNet3dSlowOnly', depth=18, base_channels=8,
         pretrained=str(bare), pretrained2d=False, lateral=False,

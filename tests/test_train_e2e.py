@@ -1,6 +1,4 @@
 """Pretraining on real videos through tools/train.py (CPU)."""
-import glob
-import os.path as osp
 import re
 
 import pytest
@@ -37,18 +35,9 @@ def test_pretrain_logs_depth_losses_and_saves_banks(tmp_path, video_list):
         changed = (bank != initial.bank(*key)).any(dim=1)
         assert changed.tolist() == [True] * 4 + [False] * 2, key
     assert int(sd['head.memory.num_updates']) == 2
-
-    # resume (full mmengine checkpoint on torch >= 2.6, no env variable)
-    cfg3 = write_pretrain_config(tmp_path / 'cfg3.py', video_list,
-                                 max_iters=3)
-    out = run_tool('tools/train.py', cfg3, '--work-dir', work, '--resume',
-                   str(work / 'iter_2.pth')).stdout
-    assert 'resumed epoch: 0, iter: 2' in out
-    assert 'Iter(train) [3/3]' in out
-    sd3 = load_tensors_only(str(work / 'iter_3.pth'))['state_dict']
-    assert int(sd3['head.memory.num_updates']) == 3
-    assert sorted(osp.basename(p) for p in glob.glob(str(work / '*.pth'))) \
-        == ['iter_2.pth', 'iter_3.pth']
+    # resuming such a checkpoint through tools/train.py --resume (a full
+    # MMEngine checkpoint on torch >= 2.6, no environment variable) is
+    # tests/test_resume.py's: bit-identical to an uninterrupted run
 
 
 def test_bank_size_must_match_the_dataset(tmp_path, video_list):

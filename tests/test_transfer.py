@@ -556,6 +556,14 @@ def test_recognition_finetune_and_test(pretrained, tmp_path, shared_videos):
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert re.search(r'Epoch\(test\) \[4/4\]\s+acc/top1: [0-9.]+',
                      proc.stdout), proc.stdout[-3000:]
+    # it scored that checkpoint (not the config's load_from, the export),
+    # and the checkpoint matched the recognizer key for key
+    assert f"Load checkpoint from {work / 'epoch_1.pth'}\n" in proc.stdout, \
+        proc.stdout[-3000:]
+    assert f"Load checkpoint from {pretrained['prefixed']}" not in \
+        proc.stdout
+    assert 'missing keys' not in proc.stdout, proc.stdout[-3000:]
+    assert 'unexpected key' not in proc.stdout, proc.stdout[-3000:]
 
 
 @pytest.mark.slow

@@ -1,6 +1,10 @@
 """The VTHCL model: wiring, modes, options and build-time validation."""
+import copy
+from fractions import Fraction
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmaction.registry import MODELS
 from mmaction.structures import ActionDataSample
@@ -47,29 +51,134 @@ def build(**overrides):
     return model
 
 
+def own_embeddings(model, data):
+    """Each tempo's embeddings computed apart from ``model.loss``: the
+    slow clip through ``backbone``, the fast one through ``fast_backbone``,
+    each depth through that tempo's φ, on a copy (BN running statistics of
+    the model stay as they are; outputs use the batch statistics either
+    way)."""
+    twin = copy.deepcopy(model)
+    emb = {}
+    with torch.no_grad():
+        for tempo, key, encoder in (('slow', 'imgs', twin.backbone),
+                                    ('fast', 'imgs_fast',
+                                     twin.fast_backbone)):
+            feats = encoder(data['inputs'][key].flatten(0, 1))
+            for depth, x in zip(twin.depths, feats):
+                emb[depth, tempo] = twin.head.projections[
+                    f'{depth}_{tempo}'](x)
+    return emb
+
+
 def test_loss_mode_gives_per_depth_losses_and_updates_banks():
     model = build()
     data = model.data_preprocessor(batch(), True)
     mem = model.head.memory
     before = {k: mem.bank(*k).clone() for k in mem.keys}
+    emb = own_embeddings(model, data)
     losses = model(**data, mode='loss')
     assert {k for k in losses if k.startswith('loss')} == {
         'loss_res3', 'loss_res4', 'loss_res5'}
     assert all(torch.isfinite(v) for v in losses.values())
+    index = [3, 11]
+    beta = mem.momentum
     for key, old in before.items():
-        changed = (old != mem.bank(*key)).any(dim=1).nonzero().flatten()
-        assert changed.tolist() == [3, 11]
+        new = mem.bank(*key)
+        changed = (old != new).any(dim=1).nonzero().flatten()
+        assert changed.tolist() == index
+        # the memory's rule, m ← normalise(β·m + (1 − β)·v), with v the
+        # embedding of this bank's own tempo and depth: a bank fed the
+        # other tempo's (or depth's) embedding fails here
+        want = F.normalize(beta * old[index] + (1 - beta) * emb[key], dim=1)
+        torch.testing.assert_close(new[index], want, rtol=1e-5, atol=1e-6)
 
 
 def test_train_step_runs_and_optimises():
+    """One step of plain SGD (no momentum, no weight decay): the logged
+    total is the sum of the loss terms, and every parameter moves by −lr
+    times its gradient, computed separately on a copy of the model taken
+    before the step (same weights, same banks, so the same negatives)."""
     from mmengine.optim import OptimWrapper
+    lr = 0.1
     model = build()
-    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
-    w = model.backbone.conv1.conv.weight.clone()
+    twin = copy.deepcopy(model)
+    optim = OptimWrapper(torch.optim.SGD(model.parameters(), lr=lr))
+    group = optim.optimizer.param_groups[0]
+    assert group['momentum'] == 0 and group['weight_decay'] == 0
     log_vars = model.train_step(batch(), optim)
     assert {'loss', 'loss_res3', 'loss_res4', 'loss_res5',
             'acc_res5'} <= set(log_vars)
-    assert not torch.equal(w, model.backbone.conv1.conv.weight)
+
+    losses = twin(**twin.data_preprocessor(batch(), True), mode='loss')
+    terms = [k for k in losses if k.startswith('loss')]
+    assert sorted(terms) == ['loss_res3', 'loss_res4', 'loss_res5']
+    total = sum(losses[k] for k in terms)
+    total.backward()
+    logged = {k: float(torch.as_tensor(v).detach())
+              for k, v in log_vars.items()}
+    assert logged['loss'] == pytest.approx(sum(logged[k] for k in terms),
+                                           rel=1e-6)
+    assert logged['loss'] == pytest.approx(float(total.detach()), rel=1e-6)
+    after = dict(model.named_parameters())
+    moved = 0
+    for name, p in twin.named_parameters():
+        assert p.grad is not None, name  # every depth's φ and encoder
+        want = p.detach() - lr * p.grad
+        torch.testing.assert_close(after[name].detach(), want, rtol=1e-5,
+                                   atol=1e-7, msg=name)
+        moved += not torch.equal(after[name], p)
+    assert moved > 0
+    # the banks took the step's embeddings once, as the copy's did
+    mem, twin_mem = model.head.memory, twin.head.memory
+    for key in mem.keys:
+        assert torch.equal(mem.bank(*key), twin_mem.bank(*key)), key
+
+
+def test_load_vthcl_weights_loads_every_weight_but_the_banks(tmp_path):
+    """``load_vthcl_weights`` (eval_knn, visualize_icm) fills a model built
+    from another seed with the checkpoint's encoders, projections and BN
+    statistics, key for key, and leaves its memory (banks, num_updates)
+    alone, as the function documents; a checkpoint missing a weight is
+    refused."""
+    from mmvthcl.utils import load_vthcl_weights
+    state = build().state_dict()
+    # every tensor of the file made unlike any freshly built model's (BN
+    # weights start at 1 and statistics at 0/1 whatever the seed), so that
+    # an equality below cannot hold without loading
+    g = torch.Generator().manual_seed(7)
+    for k, v in state.items():
+        if v.is_floating_point():
+            state[k] = v + torch.rand(v.shape, generator=g) + 0.5
+        else:
+            state[k] = v + 5  # num_batches_tracked, num_updates
+    path = tmp_path / 'iter_2.pth'
+    # a training checkpoint's meta holds objects a weights-only load
+    # refuses: the tensors-only fallback reads it
+    torch.save({'state_dict': state, 'meta': {'hub': Fraction(1, 3)}},
+               str(path))
+    torch.manual_seed(1)
+    model = MODELS.build(vthcl_cfg())
+    model.init_weights()
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    assert own.keys() == state.keys()
+    weights = [k for k in state if not k.startswith('head.memory.')]
+    assert any(k.startswith('backbone.') for k in weights)
+    assert any(k.startswith('fast_backbone.') for k in weights)
+    assert any(k.startswith('head.projections.') for k in weights)
+    assert not any(torch.equal(own[k], state[k]) for k in state)
+    load_vthcl_weights(model, str(path))
+    loaded = model.state_dict()
+    for k in weights:
+        assert loaded[k].dtype == state[k].dtype, k
+        assert torch.equal(loaded[k], state[k]), k
+    for k in state:
+        if k.startswith('head.memory.'):  # skipped: the model's own
+            assert torch.equal(loaded[k], own[k]), k
+    del state['head.projections.res4_fast.fc2.weight']
+    torch.save({'state_dict': state}, str(path))
+    with pytest.raises(ValueError, match=r'iter_2.pth: does not match.*'
+                       r'res4_fast\.fc2\.weight'):
+        load_vthcl_weights(MODELS.build(vthcl_cfg()), str(path))
 
 
 def test_labels_are_never_used():
