@@ -265,7 +265,7 @@ def load_tool_config(path: str, cfg_options: Optional[dict] = None):
 
 def build_vthcl_model(cfg,
                       checkpoint: Optional[str] = None,
-                      seed: int = 0) -> torch.nn.Module:
+                      seed: Optional[int] = None) -> torch.nn.Module:
     """The model of a VTHCL config, on the CPU, for evaluation tools.
 
     It is built with torch seeded by ``seed``; then it takes the weights of
@@ -273,12 +273,24 @@ def build_vthcl_model(cfg,
     initialised. Both happen on the CPU, so that the random model is the
     same whatever device it then runs on.
 
+    Args:
+        cfg (Config): The VTHCL config.
+        checkpoint (str, optional): A VTHCL checkpoint; None for random
+            weights. Defaults to None.
+        seed (int, optional): None takes the config's ``randomness.seed``
+            (0 if it has none): the random model is then the one training
+            with that config starts from (MMEngine's Runner seeds torch
+            with it before building the model), the baseline pretraining
+            has to beat. Defaults to None.
+
     Raises:
         ValueError: The checkpoint is missing, not a VTHCL checkpoint, or
             does not match the config; the message names the file.
     """
     from mmaction.registry import MODELS
-    torch.manual_seed(seed)
+    if seed is None:
+        seed = (cfg.get('randomness') or {}).get('seed')
+    torch.manual_seed(0 if seed is None else seed)
     model = MODELS.build(cfg.model)
     if checkpoint:
         load_vthcl_weights(model, checkpoint)

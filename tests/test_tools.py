@@ -4,7 +4,7 @@ import os.path as osp
 import pytest
 import torch
 
-from .conftest import load_tool
+from .conftest import ROOT, load_tool
 
 STOCK = ('mmaction::recognition/slowonly/'
          'slowonly_r50_8xb16-8x8x1-256e_kinetics400-rgb.py')
@@ -99,3 +99,37 @@ def test_slurm_script_books_what_it_uses(tmp_path, gpus, per_node):
     assert f'--ntasks-per-node={per_node}' in out
     assert f'--gres=gpu:{per_node}' in out
     assert out[-5:] == ['cfg.py', '--launcher', 'slurm', '--resume', '']
+
+
+def test_random_baseline_is_the_model_training_starts_from(tmp_path):
+    """eval_knn / visualize_icm without a checkpoint build the model that
+    training with the same config starts from: its seed is the config's
+    ``randomness.seed`` (here given as a cfg-option, as the demo and the
+    ablation pass it), so a run's gain is measured from its own start."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from mmvthcl.utils import build_vthcl_model, load_tool_config
+    config = osp.join(ROOT, 'configs', 'demo', 'vthcl_tiny_synthetic.py')
+
+    def weights(model):
+        return {k: v for k, v in model.state_dict().items()
+                if not k.startswith('head.memory.')}
+
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict({'randomness.seed': 1})
+    cfg.work_dir = str(tmp_path)
+    cfg.custom_hooks = []  # the kNN monitor wants lists this test has not
+    runner = Runner.from_cfg(cfg)
+    runner.model.init_weights()  # what Runner.train does first
+    start = weights(runner.model)
+
+    built = weights(
+        build_vthcl_model(load_tool_config(config, {'randomness.seed': 1})))
+    assert built.keys() == start.keys()
+    for k in start:
+        assert torch.equal(built[k], start[k]), k
+    # and the seed matters: the config's own seed (0) is another model
+    other = weights(build_vthcl_model(load_tool_config(config)))
+    assert not torch.equal(other['backbone.conv1.conv.weight'],
+                           start['backbone.conv1.conv.weight'])

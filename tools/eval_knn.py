@@ -36,8 +36,10 @@ def parse_args(argv=None):
     parser.add_argument('--no-center', action='store_true',
                         help='plain cosine of the pooled features (no '
                         'centring on the train mean)')
-    parser.add_argument('--seed', type=int, default=0,
-                        help='seed of the random initialisation')
+    parser.add_argument(
+        '--seed', type=int, default=None,
+        help='seed of the random initialisation (default: the config\'s '
+        'randomness.seed, the model training starts from; else 0)')
     parser.add_argument('--device', default=None,
                         help='where the encoder runs, e.g. cuda, cuda:1 or '
                         'cpu (default: cuda when available)')

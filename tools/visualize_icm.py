@@ -58,10 +58,10 @@ def parse_args(argv=None):
                         help='grid without the rows of plain frames')
     parser.add_argument('--device',
                         default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--seed',
-                        type=int,
-                        default=0,
-                        help='seed of the random initialisation')
+    parser.add_argument(
+        '--seed', type=int, default=None,
+        help='seed of the random initialisation (default: the config\'s '
+        'randomness.seed, the model training starts from; else 0)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args(argv)
 
