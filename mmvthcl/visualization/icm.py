@@ -299,12 +299,3 @@ def compute_icm(
             result.similarity[depth][t] = sim.float().cpu().numpy()
             result.maps[depth][t] = unit_map(sim, frames.shape[:3])
     return result
-
-
-def video_icm(model: torch.nn.Module,
-              video: str,
-              cfg=None,
-              depths: Optional[Union[str, Sequence[str]]] = None,
-              size: Optional[int] = None) -> ICMResult:
-    """Decode a video (see :func:`load_icm_clips`) and compute its ICMs."""
-    return compute_icm(model, load_icm_clips(video, cfg, size), depths)
