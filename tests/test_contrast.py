@@ -29,22 +29,19 @@ def unit(*shape):
 
 
 def reference_nce(q, bank, index, negs, t, exclude_own_row=True):
-    """-log softmax of the positive, one query at a time, in float64; a
-    query's own row drawn among its negatives is not scored, or, with
-    ``exclude_own_row=False``, scored as a negative too."""
+    """-log softmax of the positive, one query at a time, in float64 and
+    differentiable in ``q``; a query's own row drawn among its negatives is
+    not scored, or, with ``exclude_own_row=False``, scored as a negative
+    too."""
     q, bank = q.double(), bank.double()
-    total = 0.0
+    per_query = []
     for i in range(q.shape[0]):
         own = int(index[i])
-        drawn = (negs if negs.dim() == 1 else negs[i]).tolist()
-        scores = [float(q[i] @ bank[own]) / t] + [
-            float(q[i] @ bank[j]) / t for j in drawn
-            if j != own or not exclude_own_row
-        ]
-        m = max(scores)
-        log_z = m + math.log(sum(math.exp(s - m) for s in scores))
-        total += log_z - scores[0]
-    return total / q.shape[0]
+        drawn = [j for j in (negs if negs.dim() == 1 else negs[i]).tolist()
+                 if j != own or not exclude_own_row]
+        scores = bank[[own] + drawn] @ q[i] / t
+        per_query.append(torch.logsumexp(scores, 0) - scores[0])
+    return torch.stack(per_query).mean()
 
 
 @pytest.mark.parametrize('together', [False, True])
@@ -71,8 +68,8 @@ def test_loss_equals_explicit_reference(per_sample, together, n, k, exclude):
     for d, w in zip(DEPTHS, (1.0, 0.5, 2.0)):
         ref = 0.0
         for q, other in ((slow[d], 'fast'), (fast[d], 'slow')):
-            ref += reference_nce(q, banks[(d, other)], index, negs, 0.2,
-                                 exclude)
+            ref += float(reference_nce(q, banks[(d, other)], index, negs,
+                                       0.2, exclude))
         assert losses[f'loss_{d}'].item() == pytest.approx(w * ref, rel=1e-5)
         assert 0.0 <= losses[f'acc_{d}'].item() <= 1.0
 
@@ -189,23 +186,13 @@ def test_unit_rows_equals_f_normalize_values_and_gradients():
 
 def reference_query_grads(slow, fast, banks, index, negs, t, weights):
     """Gradients of the weighted symmetric loss with respect to every
-    query, by float64 autograd through an explicit softmax: each query's
-    scores are its positive and its drawn negatives (own row left out),
-    the loss the mean of logsumexp − positive score."""
+    query, by float64 autograd through :func:`reference_nce`."""
     grads = {}
     for w, d in zip(weights, DEPTHS):
         for tempo, queries, other in (('slow', slow, 'fast'),
                                       ('fast', fast, 'slow')):
             q = queries[d].detach().double().requires_grad_()
-            bank = banks[d, other].double()
-            per_query = []
-            for i in range(q.shape[0]):
-                own = int(index[i])
-                drawn = [j for j in (negs if negs.dim() == 1 else
-                                     negs[i]).tolist() if j != own]
-                scores = bank[[own] + drawn] @ q[i] / t
-                per_query.append(torch.logsumexp(scores, 0) - scores[0])
-            (w * torch.stack(per_query).mean()).backward()
+            (w * reference_nce(q, banks[d, other], index, negs, t)).backward()
             grads[d, tempo] = q.grad
     return grads
 
