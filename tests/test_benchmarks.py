@@ -1,25 +1,41 @@
-"""The benchmark scripts run end to end (smoke only: no timing is checked)."""
+"""The benchmarks run end to end (smoke only: no timing is checked)."""
+import json
 import os.path as osp
 
 import pytest
 
 from .conftest import ROOT, run_tool
 
-SCRIPTS = ('bench_data.py', 'bench_head.py', 'bench_step.py',
-           'bench_scaling.py')
+RUN_ALL = osp.join(ROOT, 'benchmarks', 'run_all.sh')
+CPU_RUNS = ('data', 'head', 'step', 'scaling')
 
 
 @pytest.mark.slow
-def test_benchmarks_quick_runs_print_tables():
-    for script in SCRIPTS:
-        proc = run_tool(osp.join(ROOT, 'benchmarks', script), '--quick',
-                        timeout=600)
-        out = proc.stdout
-        assert proc.returncode == 0
+def test_run_all_quick_writes_every_table_and_json(tmp_path):
+    proc = run_tool('bash', RUN_ALL, tmp_path, '--quick', timeout=900)
+    assert 'all benchmarks done' in proc.stdout, proc.stdout[-3000:]
+    for name in CPU_RUNS:
+        out = (tmp_path / f'{name}.md').read_text()
         # a markdown table: a header row and its |---| separator
         lines = out.splitlines()
         seps = [i for i, line in enumerate(lines)
                 if line.startswith('|-') and line.endswith('|')]
-        assert seps, f'{script} printed no table:\n{out[-3000:]}'
+        assert seps, f'{name} printed no table:\n{out[-3000:]}'
         assert all(lines[i - 1].startswith('| ') for i in seps), out[-3000:]
         assert 'machine: ' in out and 'load before/after' in out, out[-3000:]
+        results = json.loads((tmp_path / f'{name}.json').read_text())
+        assert results['machine']['device'] == 'cpu', name
+
+
+def test_run_all_reports_failures_and_exits_nonzero(tmp_path):
+    # an interpreter that fails at once: every script fails, none is skipped
+    proc = run_tool('bash', RUN_ALL, tmp_path, env={'PYTHON': 'false'},
+                    check=False, timeout=60)
+    assert proc.returncode == 1, proc.stdout
+    assert f'failed: {" ".join(CPU_RUNS)}' in proc.stdout, proc.stdout
+
+
+def test_run_all_refuses_unknown_options(tmp_path):
+    proc = run_tool('bash', RUN_ALL, tmp_path, '--devcie', 'cuda',
+                    check=False, timeout=60)
+    assert proc.returncode == 2 and 'usage:' in proc.stdout, proc.stdout
