@@ -93,8 +93,8 @@ def hand_features(model, paths, depth):
 def knn_setup(shared_videos):
     """A small random VTHCL with BN statistics away from their initial
     values (so that eval mode and batch statistics give other features),
-    four videos (the 1080p one is slow to decode) and their features by
-    hand at two depths."""
+    four videos (not the 1080p one, which is slow to decode) and their
+    features by hand at two depths."""
     from mmengine.registry import init_default_scope
 
     from mmaction.registry import MODELS
@@ -114,7 +114,14 @@ def knn_setup(shared_videos):
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-0.2, 0.2, generator=g)
             m.running_var.uniform_(0.5, 2.0, generator=g)
-    paths = [v for v in shared_videos if 'skeleton' not in v][:4]
+    # Not test.avi either: decord 0.6.0 now and then hands back the frame
+    # before in place of its last frame (MPEG-4 in AVI; 7-21 of 300 batch
+    # reads with both cores busy, none idle; README, "Reliability"), and
+    # test-mode SampleFrames always reads the last frame, so the hand and
+    # the tool's decoding of it could differ by one frame.
+    paths = [v for v in shared_videos
+             if 'skeleton' not in v and not v.endswith('.avi')][:4]
+    assert len(paths) == 4
     return dict(model=model, paths=paths,
                 feats={d: hand_features(model, paths, d)
                        for d in ('res4', 'res5')})
