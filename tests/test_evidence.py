@@ -114,11 +114,11 @@ def knn_setup(shared_videos):
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.running_mean.uniform_(-0.2, 0.2, generator=g)
             m.running_var.uniform_(0.5, 2.0, generator=g)
-    # Not test.avi either: decord 0.6.0 now and then hands back the frame
-    # before in place of its last frame (MPEG-4 in AVI; 7-21 of 300 batch
-    # reads with both cores busy, none idle; README, "Reliability"), and
-    # test-mode SampleFrames always reads the last frame, so the hand and
-    # the tool's decoding of it could differ by one frame.
+    # Not test.avi either: decord 0.6.0 now and then returns the frame it
+    # returned before in place of its last one (MPEG-4 in AVI; 7-21 of 300
+    # batch reads with both cores busy, none idle; README, "Reliability"),
+    # and test-mode SampleFrames always reads the last frame, so the hand
+    # and the tool's decoding of it could differ by one frame.
     paths = [v for v in shared_videos
              if 'skeleton' not in v and not v.endswith('.avi')][:4]
     assert len(paths) == 4
