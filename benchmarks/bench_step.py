@@ -20,6 +20,7 @@ leaves it out.
     python benchmarks/bench_step.py                  # R18, batch 8, 112²
     python benchmarks/bench_step.py --quick          # ~20 s smoke run
     python benchmarks/bench_step.py --device cuda --depth 50
+    python benchmarks/bench_step.py --device cuda --depth 50 --amp
 """
 import copy
 import functools
@@ -54,7 +55,15 @@ def parse_args(argv=None):
         '--loader-colour', action='store_true',
         help='no deferred colour records in the VTHCL batches (as with a '
         'clip_pipeline that applies colour jitter in the loader)')
+    parser.add_argument(
+        '--amp', action='store_true',
+        help='every model steps with MMEngine\'s AmpOptimWrapper (float16 '
+        'autocast and loss scaling), as `tools/train.py --amp` trains; GPU '
+        'only, as the wrapper is')
     args = parser.parse_args(argv)
+    if args.amp and not args.device.startswith('cuda'):
+        parser.error('--amp needs --device cuda (MMEngine\'s '
+                     'AmpOptimWrapper refuses a CPU)')
     args.config = args.config or osp.join(ROOT, 'configs',
                                           f'vthcl_r{args.depth}_k400.py')
     args.batch = args.batch or (2 if args.quick else 8)
@@ -77,12 +86,14 @@ def stock_model_cfg(depth: int):
     return cfg
 
 
-def optim_wrapper(model, batch: int):
-    from mmengine.optim import OptimWrapper
+def optim_wrapper(model, batch: int, amp: bool = False):
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
     # the VTHCL configs' SGD: lr 0.03 × batch / 256, momentum 0.9, wd 1e-4
-    return OptimWrapper(
-        torch.optim.SGD(model.parameters(), lr=0.03 * batch / 256,
-                        momentum=0.9, weight_decay=1e-4))
+    sgd = torch.optim.SGD(model.parameters(), lr=0.03 * batch / 256,
+                          momentum=0.9, weight_decay=1e-4)
+    # what `tools/train.py --amp` sets: float16 autocast, dynamic scaling
+    return AmpOptimWrapper(optimizer=sgd, loss_scale='dynamic') if amp \
+        else OptimWrapper(sgd)
 
 
 def clips(batch, t, crop, g):
@@ -157,12 +168,14 @@ def main(argv=None):
         dev, f'R{args.depth}, batch {args.batch}, slow {args.clip_len}x'
         f'{args.crop}², fast {args.clip_len * args.alpha}x{args.crop}², '
         f'N={args.num_samples}; {args.reps} interleaved repetitions; '
-        f'VTHCL model from {osp.relpath(args.config, ROOT)}')
+        f'VTHCL model from {osp.relpath(args.config, ROOT)}' +
+        ('; mixed precision (AmpOptimWrapper, float16)' if args.amp else ''))
 
     models = build_models(args, dev)
     k = models['vthcl'].head.num_negatives
     print(f'K={k}, per_sample_negatives={args.per_sample_negatives}')
-    optims = {name: optim_wrapper(m, args.batch) for name, m in models.items()}
+    optims = {name: optim_wrapper(m, args.batch, args.amp)
+              for name, m in models.items()}
     g = torch.Generator().manual_seed(args.seed)
     slow = clips(args.batch, args.clip_len, args.crop, g)
     fast = clips(args.batch, args.clip_len * args.alpha, args.crop, g)

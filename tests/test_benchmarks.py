@@ -39,3 +39,12 @@ def test_run_all_refuses_unknown_options(tmp_path):
     proc = run_tool('bash', RUN_ALL, tmp_path, '--devcie', 'cuda',
                     check=False, timeout=60)
     assert proc.returncode == 2 and 'usage:' in proc.stdout, proc.stdout
+
+
+def test_step_refuses_amp_on_a_cpu():
+    """MMEngine's AmpOptimWrapper cannot be built without a GPU: the
+    benchmark says so before building any model."""
+    proc = run_tool(osp.join(ROOT, 'benchmarks', 'bench_step.py'), '--amp',
+                    check=False, timeout=120)
+    assert proc.returncode == 2, proc.stdout
+    assert '--amp needs --device cuda' in proc.stdout, proc.stdout

@@ -129,6 +129,39 @@ def test_autograd_form_equals_the_fused_one():
 
 
 @pytest.mark.parametrize('per_sample', [False, True])
+def test_both_forms_under_autocast(per_sample):
+    """Under mixed precision (``--amp``; bfloat16 on this CPU) φ hands over
+    low-precision queries while the bank rows stay float32. Both forms
+    return float32 losses and a gradient of the query's dtype, within
+    bfloat16's rounding of the float64 loss and gradient."""
+    torch.manual_seed(3)
+    q = unit(6, 4, 6)
+    pos = unit(6, 4, 6)
+    negs = unit(6, 4, 11, 6) if per_sample else unit(6, 11, 6)
+    exclude = torch.rand(4, 11) < 0.3
+    weights = torch.arange(1.0, 7.0)
+    ref = {}
+    q64 = q.double().requires_grad_()
+    loss64, _ = info_nce(q64, pos.double().requires_grad_(), negs.double(),
+                         0.07, exclude)
+    (loss64 * weights.double()).sum().backward()
+    for form in ('fused', 'autograd'):
+        qb = q.bfloat16().requires_grad_()
+        p = pos.clone().requires_grad_(form == 'autograd')
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            loss, acc = info_nce(qb, p, negs, 0.07, exclude)
+        assert loss.dtype == torch.float32, form
+        (loss * weights).sum().backward()
+        assert qb.grad.dtype == torch.bfloat16, form
+        torch.testing.assert_close(loss.double(), loss64.detach(),
+                                   rtol=1e-2, atol=0, msg=form)
+        ref[form] = qb.grad.double()
+        # gradients reach 6 / (B·T) ≈ 21; bfloat16 keeps 3 digits
+        torch.testing.assert_close(ref[form], q64.grad, rtol=0.05,
+                                   atol=0.1, msg=form)
+
+
+@pytest.mark.parametrize('per_sample', [False, True])
 def test_banks_read_together_or_one_by_one_agree(per_sample):
     """All six losses in one batch of operations (GPU default) and one bank
     at a time (CPU default) give the same losses, logs, gradients and banks

@@ -134,6 +134,65 @@ def test_train_step_runs_and_optimises():
         assert torch.equal(mem.bank(*key), twin_mem.bank(*key)), key
 
 
+@pytest.mark.filterwarnings('ignore:.*GradScaler.*:UserWarning')
+def test_train_step_under_mixed_precision(monkeypatch):
+    """``tools/train.py --amp`` swaps in MMEngine's ``AmpOptimWrapper``,
+    which runs the data preprocessor and the forward pass under autocast
+    (float16 on a GPU; on this CPU, bfloat16, with fewer mantissa bits).
+    The step keeps float32 losses and banks, and stays close to a float32
+    step from the same model: its losses, the direction of its parameter
+    update and the bank rows it writes."""
+    import mmengine.optim.optimizer.amp_optimizer_wrapper as amp_wrapper
+    from mmengine.optim import AmpOptimWrapper, OptimWrapper
+
+    # the wrapper refuses to be built without a GPU; its loss scaler then
+    # disables itself (bfloat16 needs none)
+    monkeypatch.setattr(amp_wrapper, 'is_cuda_available', lambda: True)
+    index = [3, 11, 5, 7]
+    runs = {}
+    for amp in (False, True):
+        model = build()
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+        optim = AmpOptimWrapper(optimizer=sgd, dtype='bfloat16') if amp \
+            else OptimWrapper(sgd)
+        log_vars = model.train_step(batch(b=4, idx=index), optim)
+        mem = model.head.memory
+        runs[amp] = dict(
+            logged={k: v for k, v in log_vars.items()
+                    if k.startswith(('loss', 'cos'))},
+            update={n: p.detach() - before[n]
+                    for n, p in model.named_parameters()},
+            banks={k: mem.bank(*k)[index] for k in mem.keys},
+            dtypes={mem.bank(*k).dtype for k in mem.keys})
+    fp32, amp = runs[False], runs[True]
+    assert amp['dtypes'] == {torch.float32}
+    assert set(amp['logged']) == {'loss'} | {
+        f'{k}_{d}' for k in ('loss', 'cos') for d in ('res3', 'res4', 'res5')}
+    for k, v in amp['logged'].items():
+        assert v.dtype == torch.float32, k
+        # 8 mantissa bits: a relative error of about 0.4 % per rounding
+        assert float(v.detach()) == pytest.approx(
+            float(fp32['logged'][k].detach()), rel=2e-2)
+    moved = {n for n, u in fp32['update'].items() if u.any()}
+    # the same parameters move (a gradient lost in bfloat16 would not) ...
+    assert {n for n, u in amp['update'].items() if u.any()} == moved
+    assert any(n.startswith('head.') for n in moved)
+    assert all(torch.isfinite(u).all() for u in amp['update'].values())
+    # ... in nearly the same direction: bfloat16's rounding of this tiny
+    # encoder's features, amplified by BN over 4 clips, moves single
+    # gradients by tens of percent (keeping the head in float32 does not
+    # change that), but not the update as a whole
+    flat = {k: torch.cat([u.flatten() for u in run['update'].values()])
+            for k, run in runs.items()}
+    assert F.cosine_similarity(flat[True], flat[False], dim=0) > 0.9
+    for key, rows in amp['banks'].items():
+        torch.testing.assert_close(
+            rows.norm(dim=1), torch.ones(len(index)), rtol=0, atol=1e-5)
+        torch.testing.assert_close(rows, fp32['banks'][key], rtol=0,
+                                   atol=2e-2, msg=str(key))
+
+
 def test_load_vthcl_weights_loads_every_weight_but_the_banks(tmp_path):
     """``load_vthcl_weights`` (eval_knn, visualize_icm) fills a model built
     from another seed with the checkpoint's encoders, projections and BN

@@ -227,7 +227,11 @@ def info_nce(query: torch.Tensor,
 
 @torch.no_grad()
 def mean_pairwise_cosine(emb: torch.Tensor) -> torch.Tensor:
-    """Mean cosine between different rows of (..., B, D) unit vectors."""
+    """Mean cosine between different rows of (..., B, D) unit vectors, in
+    float32 at least (under mixed precision the embeddings may be bfloat16,
+    too coarse to tell 0.99 from 1)."""
+    emb = emb.float() if emb.dtype in (torch.float16, torch.bfloat16) \
+        else emb
     b = emb.shape[-2]
     if b < 2:
         return emb.new_zeros(emb.shape[:-2])
