@@ -389,6 +389,74 @@ def test_augmentation_depends_on_seed_epoch_and_index_only(tmp_path, media):
                    batch['inputs']['imgs_fast'][0].flatten()]), first)
 
 
+def test_repeat_dataset_keeps_per_sample_seeds(tmp_path, media, caplog):
+    """Through a RepeatDataset (index % length) the sample still draws its
+    augmentation from (seed, epoch, the index the sampler drew): the same
+    clips whatever the caller's generators, the unwrapped dataset's clips
+    for the first repeat, other clips for the next repeat of the same
+    video; a discarded index is still not loaded. A wrapper that looks
+    indices up in a table hands over plain ones, and the check the resume
+    hook makes says so."""
+    from mmengine.dataset import RepeatDataset
+
+    from mmvthcl.datasets.samplers import keeps_sample_seeds
+    ds = make_dataset(tmp_path, media, ['test.mp4 0', 'demo.mp4 1'])
+    repeated = RepeatDataset(ds, times=3)
+
+    def clips(dataset, key):
+        data = dataset[key]
+        return torch.cat([data['inputs']['imgs'].flatten(),
+                          data['inputs']['imgs_fast'].flatten()])
+
+    key = SeededIndex(3, 5, 2)  # video 1, second repeat
+    inner = key % 2
+    assert (type(inner), int(inner), inner.seed, inner.epoch, inner.drawn) \
+        == (SeededIndex, 1, 5, 2, 3)
+    assert type(key % 2.0) is float and type(key + 1) is int
+    import pickle
+    back = pickle.loads(pickle.dumps(inner))
+    assert (int(back), back.seed, back.epoch, back.drawn) == (1, 5, 2, 3)
+
+    np.random.seed(0)
+    first = clips(repeated, key)
+    np.random.seed(1), torch.manual_seed(1), random.seed(1)
+    assert torch.equal(clips(repeated, key), first)
+    assert repeated[key].get('data_samples').sample_idx == 1
+    assert torch.equal(clips(repeated, SeededIndex(1, 5, 2)),
+                       clips(ds, SeededIndex(1, 5, 2)))
+    assert not torch.equal(clips(repeated, SeededIndex(1, 5, 2)), first)
+    assert repeated[SeededIndex(5, 5, 2, discard=True)] == dict(discarded=1)
+
+    assert keeps_sample_seeds(ds) and keeps_sample_seeds(repeated)
+
+    class TableLookup:
+        """A wrapper that maps indices by a table, as ClassBalancedDataset
+        does (which cannot wrap a video dataset: it needs class ids)."""
+        dataset, table = ds, [0, 0, 1]
+
+        def _get_ori_dataset_idx(self, idx):
+            return self.table[idx]
+
+        def __len__(self):
+            return len(self.table)
+
+    assert not keeps_sample_seeds(TableLookup())
+
+    import logging
+    from types import SimpleNamespace
+
+    from mmvthcl.engine.hooks import ExactResumeHook
+    for dataset, warns in ((repeated, False), (TableLookup(), True)):
+        caplog.clear()
+        loader = SimpleNamespace(dataset=dataset,
+                                 sampler=ResumableSampler(dataset, seed=0))
+        ExactResumeHook().before_train(SimpleNamespace(
+            train_dataloader=loader, iter=0,
+            logger=logging.getLogger('resume')))
+        assert ('TableLookup, which hands its inner dataset plain indices'
+                in caplog.text) == warns, caplog.text
+
+
 def test_resumable_sampler_keeps_default_order_and_skips(tmp_path, media):
     ds = make_dataset(tmp_path, media, [f'{n} 0' for n in GOOD])
     stock = DefaultSampler(ds, shuffle=True, seed=5)

@@ -29,6 +29,15 @@ RUNS = {
     'iter-partial': ('iter', 4, False, 5, 'iter_5.pth'),
     # passes of one batch of 4; the other 2 indices are drawn, then dropped
     'iter-dropped': ('iter', 4, True, 5, 'iter_5.pth'),
+    # the videos twice over through a RepeatDataset (EXTRA)
+    'iter-repeat': ('iter', 2, True, 5, 'iter_5.pth'),
+}
+# config lines of a run, after the dataloader's
+EXTRA = {
+    'iter-repeat': (
+        "train_dataloader['dataset'] = dict(_delete_=True, "
+        "type='RepeatDataset', times=2, dataset=dict("
+        "type='RobustVideoDataset', **train_dataloader['dataset']))"),
 }
 
 
@@ -65,7 +74,7 @@ def tiny(tmp_path, name, video_list, run, workers, record, hooks=()):
     loop, batch_size, drop_last, _, _ = RUNS[run]
     return write_tiny_config(
         tmp_path / f'{name}.py', video_list, loop=loop, workers=workers,
-        batch_size=batch_size, drop_last=drop_last,
+        batch_size=batch_size, drop_last=drop_last, extra=EXTRA.get(run, ''),
         hooks=[f"dict(type='RecordSteps', out={str(record)!r})"] +
         list(hooks))
 
@@ -100,6 +109,8 @@ def references(tmp_path_factory, helpers_dir, shared_videos):  # noqa: F811
     # indices) indices than their batches
     ('iter-partial', 0, 3),
     ('iter-dropped', 2, 2),
+    # the index the sampler drew seeds the sample through the wrapper
+    ('iter-repeat', 2, 3),
 ])
 def test_resumed_run_equals_uninterrupted_run(
         tmp_path, references, helpers_dir, run, workers,  # noqa: F811

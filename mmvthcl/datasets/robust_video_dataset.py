@@ -72,8 +72,11 @@ class RobustVideoDataset(VideoDataset):
     pipeline runs with Python's, numpy's and torch's generators seeded from
     ``(sampler seed, epoch, index)``, so the clips of a sample depend
     neither on the worker that loads it nor on the number of workers, and
-    a resumed run draws the same clips as an uninterrupted one. Plain
-    ``int`` indices run the pipeline as ``VideoDataset`` does.
+    a resumed run draws the same clips as an uninterrupted one. Behind a
+    ``RepeatDataset`` the index is the one the sampler drew, so repeats of
+    a video differ. Plain ``int`` indices (also those a
+    ``ClassBalancedDataset`` hands over) run the pipeline as
+    ``VideoDataset`` does.
 
     Args:
         ann_file (str): Annotation file.
@@ -244,10 +247,13 @@ class RobustVideoDataset(VideoDataset):
             return dict(discarded=index)
         seeded = hasattr(idx, 'seed') and hasattr(idx, 'epoch')
         seed, epoch = (idx.seed, idx.epoch) if seeded else (0, 0)
+        # the index the sampler drew: behind a RepeatDataset each repeat of
+        # a video has its own, and so its own augmentation
+        drawn = getattr(idx, 'drawn', index)
         bad = []
         candidate = index
         for attempt in range(self.max_retries + 1):
-            key = (seed, epoch, index, attempt) if seeded else None
+            key = (seed, epoch, drawn, attempt) if seeded else None
             try:
                 data = self._load(candidate, key)
             except BadVideoError as e:

@@ -16,8 +16,12 @@ orders an epoch from ``(seed, epoch)`` alone, but two things are missing:
   sampler's seed and epoch, so the dataset can draw the sample's
   augmentation from ``(seed, epoch, index)``
   (see :class:`~mmvthcl.datasets.RobustVideoDataset`). Datasets that do not
-  look at the extra fields see a plain ``int``.
+  look at the extra fields see a plain ``int``. Through a ``RepeatDataset``,
+  which maps the index with ``%``, the fields survive and the sample's
+  augmentation is keyed on the index the sampler drew, so every repeat of a
+  video gets its own clips.
 """
+import operator
 from typing import Iterator, Optional, Sized
 
 from mmengine.dataset import DefaultSampler
@@ -34,26 +38,61 @@ class SeededIndex(int):
         epoch (int): The sampler epoch.
         discard (bool): The loop will throw the sample away (it moves the
             sampler forward after a resume); the dataset need not load it.
+        drawn (int, optional): The index the sampler drew, when a dataset
+            wrapper mapped it to this one (see :meth:`__mod__`). Defaults
+            to ``index``.
     """
 
     def __new__(cls,
                 index: int,
                 seed: int,
                 epoch: int,
-                discard: bool = False) -> 'SeededIndex':
+                discard: bool = False,
+                drawn: Optional[int] = None) -> 'SeededIndex':
         obj = super().__new__(cls, index)
         obj.seed = int(seed)
         obj.epoch = int(epoch)
         obj.discard = bool(discard)
+        obj.drawn = int(index if drawn is None else drawn)
         return obj
+
+    def __mod__(self, n):
+        """``RepeatDataset`` finds its inner sample as ``index % len``: the
+        result keeps the seed, epoch, discard mark and drawn index (any
+        other arithmetic gives a plain ``int``)."""
+        try:
+            n = operator.index(n)
+        except TypeError:
+            return int(self) % n
+        return SeededIndex(int(self) % n, self.seed, self.epoch, self.discard,
+                           self.drawn)
 
     def __reduce__(self):
         # sent to dataloader workers through a pickle
-        return (SeededIndex, (int(self), self.seed, self.epoch, self.discard))
+        return (SeededIndex, (int(self), self.seed, self.epoch, self.discard,
+                              self.drawn))
 
     def __repr__(self) -> str:
+        drawn = f', drawn={self.drawn}' if self.drawn != int(self) else ''
         return (f'SeededIndex({int(self)}, seed={self.seed}, '
-                f'epoch={self.epoch})')
+                f'epoch={self.epoch}{drawn})')
+
+
+def keeps_sample_seeds(dataset) -> bool:
+    """Whether :class:`SeededIndex` fields reach the dataset behind
+    ``dataset``'s wrappers (MMEngine's wrappers map an index with
+    ``_get_ori_dataset_idx``: ``RepeatDataset``'s keeps them,
+    ``ClassBalancedDataset``'s table lookup does not)."""
+    probe = SeededIndex(0, 0, 0)
+    while hasattr(dataset, 'dataset'):
+        mapping = getattr(dataset, '_get_ori_dataset_idx', None)
+        if mapping is None or len(dataset) == 0:
+            return False
+        probe = mapping(probe)
+        if not hasattr(probe, 'seed'):
+            return False
+        dataset = dataset.dataset
+    return True
 
 
 @DATA_SAMPLERS.register_module()

@@ -6,6 +6,7 @@ from mmengine.runner import IterBasedTrainLoop
 
 from mmaction.registry import HOOKS
 from mmvthcl.datasets import ResumableSampler
+from mmvthcl.datasets.samplers import keeps_sample_seeds
 from ...utils import seed_generators
 
 
@@ -98,6 +99,14 @@ class ExactResumeHook(Hook):
                 f'ExactResumeHook: the training sampler is '
                 f'{type(sampler).__name__}, not ResumableSampler: a resumed '
                 'run will not continue exactly where it stopped')
+        elif not keeps_sample_seeds(runner.train_dataloader.dataset):
+            runner.logger.warning(
+                'ExactResumeHook: train_dataloader.dataset is a '
+                f'{type(runner.train_dataloader.dataset).__name__}, which '
+                'hands its inner dataset plain indices: the augmentation '
+                'of a sample then depends on the worker that loads it, and '
+                'a resumed run will not draw the same clips (RepeatDataset '
+                'keeps the per-sample seeds)')
         if runner.iter == 0:
             return  # a fresh run (load_from restores weights only)
         new_seed = self._loaded_seed is not None and \

@@ -260,9 +260,10 @@ class HierarchicalMemoryBank(BaseModule):
         if not self.is_sized:
             raise RuntimeError(
                 'the memory banks have no size yet: set '
-                'model.head.memory.num_samples to the dataset length, or add '
-                "dict(type='MemoryBankHook') to custom_hooks so it is taken "
-                'from the training set')
+                'model.head.memory.num_samples to the dataset length, or '
+                "set default_hooks.sync_buffers=dict(type='MemoryBankHook') "
+                '(as the shipped configs do) so it is taken from the '
+                'training set')
 
     # ------------------------------------------------------------ reading
     def _num_updates_key(self) -> tuple:
