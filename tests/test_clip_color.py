@@ -378,6 +378,24 @@ def test_deferred_colour_before_a_crop_or_eager_colour_is_refused(after):
         TRANSFORMS.build(dict(type='TempoPairDecode', clip_pipeline=clip))
 
 
+def test_deferred_grey_before_deferred_jitter_is_refused():
+    """Records are applied jitter first, then grey: a pipeline asking for
+    grey first would silently be reordered. Grey in the loader, before a
+    deferred jitter, is the order it asks for and is accepted."""
+    def build(grey_defer):
+        clip = [dict(type='ClipGrayscale', defer=grey_defer),
+                dict(type='ClipColorJitter', defer=True),
+                dict(type='FormatShape', input_format='NCTHW')]
+        return TRANSFORMS.build(
+            dict(type='TempoPairDecode', clip_pipeline=clip))
+
+    with pytest.raises(ValueError, match=r'ClipColorJitter\(defer=True\) '
+                       r'comes after ClipGrayscale\(defer=True\).*put '
+                       'ClipGrayscale after ClipColorJitter'):
+        build(grey_defer=True)
+    build(grey_defer=False)
+
+
 def test_vthcl_refuses_records_a_stock_preprocessor_left():
     pre = dict(type='ActionDataPreprocessor', format_shape='NCTHW',
                **IMG_NORM)

@@ -9,10 +9,13 @@ clip stays temporally consistent).
 
 Colour jitter is the most expensive step of the VTHCL data pipeline (about as
 much as everything else after decoding, at 224²), so it works in place on one
-float32 buffer: the arithmetic, its order and hence every output byte are
-those of MMAction2's ``ColorJitter`` formulas, without the temporaries (each a
-fresh, page-faulted copy of the clip) and the slow broadcasts of the
-frame-by-frame code.
+float32 buffer: the arithmetic and its order are those of MMAction2's
+``ColorJitter`` formulas, without the temporaries (each a fresh, page-faulted
+copy of the clip) and the slow broadcasts of the frame-by-frame code. The
+output bytes are MMAction2's but for rare rounding differences of a few
+levels (about 1e-5 of the values, after a contrast step: the mean grey it
+pivots around is summed in another order, and a hue shift after it can turn
+a level into several).
 
 With ``defer=True`` both transforms only draw their random parameters (the
 same draws, in the same order) and record them in ``results['color_params']``;
@@ -151,7 +154,9 @@ def deferred_color_keys(transforms: Sequence, where: str) -> set:
     could change what they would have seen: a deferred jitter is applied to
     the final clip, so a crop after it would change the frame mean its
     contrast pivots around. Only other deferred colour transforms and
-    ``Flip``, ``FormatShape``, ``PackActionInputs`` may follow.
+    ``Flip``, ``FormatShape``, ``PackActionInputs`` may follow. A deferred
+    grey conversion is applied after the jitter, so a deferred jitter must
+    not follow a deferred ``ClipGrayscale``.
 
     Args:
         transforms (Sequence): Built transforms, in order.
@@ -164,6 +169,15 @@ def deferred_color_keys(transforms: Sequence, where: str) -> set:
             keys |= set(inner)
         elif getattr(t, 'defer', False) and isinstance(
                 t, (ClipColorJitter, ClipGrayscale)):
+            if isinstance(t, ClipColorJitter) and any(
+                    isinstance(u, ClipGrayscale) and u.defer
+                    for u in transforms[:i]):
+                raise ValueError(
+                    f'{where}: ClipColorJitter(defer=True) comes after '
+                    'ClipGrayscale(defer=True), but deferred records are '
+                    'applied jitter first, then grey; put ClipGrayscale '
+                    'after ClipColorJitter (as the shipped configs do) or '
+                    'set defer=False on both')
             keys.add(COLOR_PARAMS_KEY)
             deferred_at = i if deferred_at is None else deferred_at
         elif deferred_at is not None and type(t).__name__ not in (
@@ -549,7 +563,8 @@ def apply_color_params(clips: torch.Tensor,
     shift for the clips that have one, and one grey conversion, whatever
     the order each clip drew: a few dozen kernels for the whole batch on a
     GPU. The result is the loader's up to float rounding (the loader rounds
-    after every operation): a level here and there.
+    after every operation): about 1e-5 of the values differ, mostly by one
+    level, a few by up to four where a hue shift follows the rounding.
 
     Args:
         clips (Tensor): (B, ..., C=3, T, H, W) RGB values 0-255, one clip
