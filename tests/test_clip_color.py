@@ -21,8 +21,8 @@ from mmaction.datasets.transforms import ColorJitter
 from mmaction.registry import MODELS, TRANSFORMS
 from mmaction.structures import ActionDataSample
 from mmvthcl.datasets.transforms.clip_augment import (
-    COLOR_PARAMS_KEY, ClipColorJitter, ClipGrayscale, _shift_hue,
-    _shift_hue_arith, _shift_hue_cpu, apply_color_params)
+    _GREY, _ON, COLOR_PARAMS_KEY, ClipColorJitter, ClipGrayscale,
+    _shift_hue, _shift_hue_arith, _shift_hue_cpu, apply_color_params)
 from mmvthcl.models.algorithms.vthcl import IMG_NORM, default_data_preprocessor
 
 init_default_scope('mmaction')
@@ -88,6 +88,36 @@ def test_deferred_jitter_equals_the_loaders(hue):
     # the seeds covered many orders, grey and not, jitter skipped
     assert len(seen_order) > 10 and seen_grey == {False, True}
     assert 0 < seen_off < 30
+
+
+@pytest.mark.parametrize('defer', [False, True])
+def test_probabilities_decide_per_clip(defer):
+    """``p`` of each transform is the chance that a clip is changed: over
+    400 seeds, p = 0 never and p = 1 always (a grey clip has three equal
+    channels; a jittered one differs from its input), and p = 0.8 / 0.2
+    (the defaults) within 4 standard deviations of a binomial draw; the
+    deferred records say the same as the pixels."""
+    rng = np.random.default_rng(0)
+    clip = random_clip(rng, t=2, h=8, w=8)
+    n = 400
+
+    def changed(cls, results):
+        if defer:  # the record's flag: jitter on, or grey
+            flag = _ON if cls is ClipColorJitter else _GREY
+            return results[COLOR_PARAMS_KEY][flag] > 0
+        out = np.stack(results['imgs'])
+        if cls is ClipColorJitter:
+            return not np.array_equal(out, clip)
+        return np.array_equal(out[..., 0], out[..., 2])
+
+    for cls in (ClipColorJitter, ClipGrayscale):
+        for p in (0.0, 1.0, cls().p):
+            hits = 0
+            for seed in range(n):
+                hits += bool(changed(cls, run_transforms(
+                    [cls(p=p, defer=defer)], clip, seed)))
+            sd = (n * p * (1 - p))**0.5
+            assert abs(hits - n * p) <= 4 * sd, (cls.__name__, p, hits)
 
 
 def test_hue_paths_for_cpu_and_gpu_give_the_same_batch():

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from mmvthcl.models import HierarchicalContrastiveHead, HierarchicalMemoryBank
-from mmvthcl.models.heads.hierarchical_contrastive_head import info_nce
+from mmvthcl.models.heads.hierarchical_contrastive_head import (
+    info_nce, mean_pairwise_cosine)
 from mmvthcl.models.memories.hierarchical_memory_bank import (
     last_copy, last_occurrence)
 
@@ -72,6 +73,11 @@ def test_loss_equals_explicit_reference(per_sample, together, n, k, exclude):
                                        0.2, exclude))
         assert losses[f'loss_{d}'].item() == pytest.approx(w * ref, rel=1e-5)
         assert 0.0 <= losses[f'acc_{d}'].item() <= 1.0
+        # the collapse monitor reads the slow embeddings
+        assert losses[f'cos_{d}'].item() == pytest.approx(
+            float(mean_pairwise_cosine(slow[d])), abs=1e-6)
+        assert losses[f'cos_{d}'].item() != pytest.approx(
+            float(mean_pairwise_cosine(fast[d])), abs=1e-3)
 
 
 @pytest.mark.parametrize('per_sample', [False, True])
@@ -396,9 +402,31 @@ def test_checkpoint_size_adopted_unless_fixed():
         fixed.load_state_dict(state)
 
 
+@pytest.mark.parametrize('n, world', [(10, 4), (6, 2), (3, 4), (7, 7)])
+def test_shards_tile_the_bank_and_hold_its_rows(monkeypatch, n, world):
+    """Sharded over W ranks, the ranks' rows [lo, hi) cover the N rows
+    once each, in order (a rank may hold none when N < W), and each rank
+    starts with exactly its slice of the replicated bank's initial rows."""
+    import mmvthcl.models.memories.hierarchical_memory_bank as hmb
+    whole = HierarchicalMemoryBank(depths=DEPTHS, num_samples=n)
+    ranges, slices = [], {key: [] for key in whole.keys}
+    for rank in range(world):
+        monkeypatch.setattr(hmb, 'get_dist_info', lambda r=rank: (r, world))
+        shard = HierarchicalMemoryBank(depths=DEPTHS, num_samples=n,
+                                       sharded=True)
+        lo, hi = shard.shard_range()
+        ranges.append((lo, hi))
+        for key in whole.keys:
+            assert shard.bank(*key).shape == (hi - lo, whole.feat_dim)
+            slices[key].append(shard.bank(*key))
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(lo <= hi for lo, hi in ranges)
+    for key in whole.keys:
+        assert torch.equal(torch.cat(slices[key]), whole.bank(*key)), key
+
+
 def test_mean_pairwise_cosine_equals_explicit_loop():
-    from mmvthcl.models.heads.hierarchical_contrastive_head import \
-        mean_pairwise_cosine
     emb = unit(5, 6)
     pairs = [float(emb[i] @ emb[j]) for i in range(5) for j in range(5)
              if i != j]
@@ -425,6 +453,13 @@ def test_dense_projection_matches_the_pooled_one_per_location(out_norm):
     assert torch.allclose(dense[:, :, 1, 2, 0], one, atol=1e-6)
     if out_norm is not None:
         assert phi.out_bn.weight is None  # centring only, no affine
+    # in train mode too: the running statistics, left as they are (batch
+    # statistics would mix the locations and move the running ones)
+    stats = {k: v.clone() for k, v in phi.state_dict().items()}
+    phi.train()
+    assert torch.equal(phi.dense(x), dense)
+    for k, v in phi.state_dict().items():
+        assert torch.equal(v, stats[k]), k
 
 
 def test_centred_embeddings_keep_the_batch_spread():
