@@ -50,6 +50,24 @@ def test_state_dict_keys_identical_to_stock_slowonly(depth):
         assert torch.equal(ours(x)[-1], stock(x))
 
 
+def test_stages_after_the_deepest_output_are_frozen_and_not_run():
+    """Depths that stop at res4 leave layer4 untouched: no gradient, never
+    run (its BN statistics stay as initialised in train mode)."""
+    net = VTHCLResNet3d(depth=18, base_channels=8, out_indices=(1, 2))
+    net.init_weights()
+    net.train()
+    calls = []
+    net.layer4.register_forward_hook(lambda *args: calls.append(1))
+    stats = {k: v.clone() for k, v in net.layer4.state_dict().items()}
+    outs = net(torch.rand(2, 3, 4, 32, 32))
+    assert len(outs) == 2 and outs[-1].shape[1] == 32
+    assert not calls
+    assert all(torch.equal(v, stats[k])
+               for k, v in net.layer4.state_dict().items())
+    assert not any(p.requires_grad for p in net.layer4.parameters())
+    assert all(p.requires_grad for p in net.layer3.parameters())
+
+
 def test_no_network_default():
     net = VTHCLResNet3d(depth=18)
     assert net.pretrained is None and net.pretrained2d is False

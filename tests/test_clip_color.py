@@ -21,8 +21,9 @@ from mmaction.datasets.transforms import ColorJitter
 from mmaction.registry import MODELS, TRANSFORMS
 from mmaction.structures import ActionDataSample
 from mmvthcl.datasets.transforms.clip_augment import (
-    _GREY, _ON, COLOR_PARAMS_KEY, ClipColorJitter, ClipGrayscale,
-    _shift_hue, _shift_hue_arith, _shift_hue_cpu, apply_color_params)
+    _GREY, _ON, COLOR_PARAMS_FAST_KEY, COLOR_PARAMS_KEY, ClipColorJitter,
+    ClipGrayscale, _shift_hue, _shift_hue_arith, _shift_hue_cpu,
+    apply_color_params)
 from mmvthcl.models.algorithms.vthcl import IMG_NORM, default_data_preprocessor
 
 init_default_scope('mmaction')
@@ -426,7 +427,10 @@ def test_deferred_grey_before_deferred_jitter_is_refused():
     build(grey_defer=False)
 
 
-def test_vthcl_refuses_records_a_stock_preprocessor_left():
+@pytest.mark.parametrize('key', [COLOR_PARAMS_KEY, COLOR_PARAMS_FAST_KEY])
+def test_vthcl_refuses_records_a_stock_preprocessor_left(key):
+    """A stock preprocessor leaves either clip's record unapplied: the model
+    refuses to train without that clip's colour augmentation."""
     pre = dict(type='ActionDataPreprocessor', format_shape='NCTHW',
                **IMG_NORM)
     model = MODELS.build(dict(
@@ -438,7 +442,7 @@ def test_vthcl_refuses_records_a_stock_preprocessor_left():
                                preprocessors=dict(imgs=pre, imgs_fast=pre))))
     ds = ActionDataSample(metainfo={})
     ds.set_field(0, 'sample_idx')
-    ds.set_field(np.zeros(10), COLOR_PARAMS_KEY)
+    ds.set_field(np.zeros(10), key)
     data = dict(inputs={'imgs': [torch.zeros(1, 3, 2, 16, 16)],
                         'imgs_fast': [torch.zeros(1, 3, 4, 16, 16)]},
                 data_samples=[ds])

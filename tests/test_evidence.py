@@ -460,6 +460,32 @@ def test_monitor_hook_checks_its_settings_when_the_run_starts(tmp_path):
                        depth='res4').before_run(runner)
 
 
+def test_monitor_hook_evaluates_every_interval_and_at_the_end(monkeypatch):
+    """interval=2 over 5 epochs: after epochs 2 and 4 and the last one, each
+    result logged as knn/top1."""
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    from mmvthcl.engine.hooks import KNNMonitorHook
+    from mmvthcl.engine.hooks import knn_monitor_hook
+    scores = iter([40.0, 50.0, 60.0])
+    monkeypatch.setattr(knn_monitor_hook, 'evaluate_knn',
+                        lambda *args, **kwargs: next(scores))
+    hook = KNNMonitorHook('train.txt', 'val.txt', interval=2,
+                          pipeline=[dict(type='DecordInit')])
+    runner = SimpleNamespace(max_epochs=5, iter=0, model=None,
+                             logger=MagicMock(),
+                             message_hub=MagicMock(), visualizer=MagicMock())
+    logged = []
+    runner.message_hub.update_scalar.side_effect = \
+        lambda key, value: logged.append((runner.epoch + 1, key, value))
+    for epoch in range(5):
+        runner.epoch = epoch
+        hook.after_train_epoch(runner)
+    assert logged == [(2, 'knn/top1', 40.0), (4, 'knn/top1', 50.0),
+                      (5, 'knn/top1', 60.0)]
+
+
 def test_eval_knn_refuses_a_device_it_does_not_have(tiny_synthetic):
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')

@@ -522,6 +522,75 @@ def test_resume_hook_restores_sampler_seed_and_epoch_position(tmp_path,
     assert list(sampler) == list(stock)[2:]
 
 
+def test_resume_hook_discards_the_redrawn_batches_of_an_iteration_loop(
+        tmp_path, media):
+    """Resumed at iteration 4 of an iteration loop (6 samples, batch 2),
+    the loop re-draws 4 batches to move its sampler: exactly those 8
+    indices are marked discarded, the next is loaded."""
+    import logging
+    from types import SimpleNamespace
+
+    from mmengine.runner import IterBasedTrainLoop
+    from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+    from mmvthcl.engine.hooks import ExactResumeHook
+    ds = make_dataset(tmp_path, media, [f'{n} 0' for n in GOOD])
+    sampler = ResumableSampler(ds, seed=3)
+    loader = DataLoader(ds, batch_size=2, sampler=sampler, drop_last=True,
+                        collate_fn=pseudo_collate)
+    loop = IterBasedTrainLoop.__new__(IterBasedTrainLoop)
+    loop.dataloader = loader
+    loop.dataloader_iterator = _InfiniteDataloaderIterator(loader)
+    runner = SimpleNamespace(train_dataloader=loader, iter=4, epoch=0,
+                             train_loop=loop, seed=3,
+                             logger=logging.getLogger('resume'))
+    hook = ExactResumeHook()
+    hook.after_load_checkpoint(runner, dict(meta=dict(sampler_seed=3)))
+    hook.before_train(runner)
+    marks = [k.discard for k in list(sampler) + list(sampler)]
+    assert marks == [True] * 8 + [False] * 4
+
+
+def test_resume_hook_reseeds_from_the_iteration():
+    """Before every iteration the main process's generators are seeded
+    from (seed, iteration): the same draws at the same iteration whatever
+    was drawn before, other draws at another iteration or seed."""
+    from types import SimpleNamespace
+
+    from mmvthcl.engine.hooks import ExactResumeHook
+    hook = ExactResumeHook()
+
+    def draws(seed, it):
+        random.random(), np.random.rand(3), torch.rand(5)  # earlier draws
+        hook.before_train_iter(SimpleNamespace(seed=seed, iter=it), 0)
+        return (random.random(), float(np.random.rand()),
+                float(torch.rand(1)))
+
+    assert draws(1, 5) == draws(1, 5)
+    assert draws(1, 5) != draws(1, 6)
+    assert draws(1, 5) != draws(2, 5)
+
+
+def test_seed_generators_depend_on_every_part_of_the_key():
+    """Per-sample augmentation and retries are seeded with keys of several
+    integers (seed, epoch, index, attempt): changing any one of them, the
+    last included, changes every generator's draws."""
+    from mmvthcl.utils import seed_generators
+
+    def draws(*key):
+        seed_generators(*key, cuda=False)
+        return (random.random(), float(np.random.rand()),
+                float(torch.rand(1)))
+
+    key = (7, 2, 11, 0)
+    base = draws(*key)
+    assert draws(*key) == base
+    for i in range(len(key)):
+        other = list(key)
+        other[i] += 1
+        assert all(a != b for a, b in zip(draws(*other), base)), i
+
+
 def test_shipped_configs_use_the_reliable_parts():
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'vthcl_r18_k400.py'))
     data = cfg.train_dataloader
@@ -675,6 +744,47 @@ def test_bad_video_counts_are_summed_over_ranks(tmp_path):
         '3 of the 11 videos read in this run were bad (27.27%), more than '
         'BadVideoHook.max_bad_fraction=0.25: /data/r0_0.mp4 (empty file (0 '
         'bytes)); /data/r1_0.mp4')
+
+
+def test_bad_video_limits_at_their_boundaries(tmp_path):
+    """The run stops when the bad fraction exceeds max_bad_fraction (at
+    it, it goes on); intermediate checks wait for min_samples videos, the
+    end of an epoch does not."""
+    import logging
+    from types import SimpleNamespace
+
+    from mmaction.structures import ActionDataSample
+    from mmvthcl.engine.hooks import BadVideoHook
+
+    def batch(bad):
+        samples = []
+        for i in range(4):
+            ds = ActionDataSample()
+            if i < bad:
+                ds.set_metainfo(dict(bad_videos=((f'/d/{i}.mp4', 'x'), )))
+            samples.append(ds)
+        return dict(data_samples=samples)
+
+    def run(hook, bad_per_batch, epoch_end=True):
+        runner = SimpleNamespace(epoch=0, iter=0, max_epochs=1,
+                                 work_dir=str(tmp_path),
+                                 logger=logging.getLogger('bad'))
+        hook.before_train_epoch(runner)
+        for i, bad in enumerate(bad_per_batch):
+            runner.iter = i
+            hook.after_train_iter(runner, i, batch(bad))
+        if epoch_end:
+            hook.after_train_epoch(runner)
+
+    # 1 bad + its replacement among 5 reads (4 samples + 1 retry): 0.2
+    run(BadVideoHook(max_bad_fraction=0.2, interval=0), [1])
+    with pytest.raises(RuntimeError, match=r'1 of the 5 videos read'):
+        run(BadVideoHook(max_bad_fraction=0.19, interval=0), [1])
+    # checked every iteration, but only once 10 videos have been read
+    hook = BadVideoHook(max_bad_fraction=0.1, interval=1, min_samples=10)
+    run(hook, [1], epoch_end=False)  # 5 read: too few to judge
+    with pytest.raises(RuntimeError, match=r'2 of the 10 videos read'):
+        run(hook, [1], epoch_end=False)  # the same epoch goes on: 10 read
 
 
 # --------------------------------------------------- numerical safety
@@ -903,6 +1013,38 @@ def test_uneven_batches_over_ranks_are_refused(monkeypatch):
                 hook.before_run(runner)
         else:
             hook.before_run(runner)
+
+
+def test_memory_bank_hook_syncs_every_buffer_but_the_banks(monkeypatch):
+    """In a distributed run the hook averages the model's buffers after an
+    epoch as the stock hook does (BN statistics), never the banks (already
+    identical on all ranks), and refuses to run beside a stock
+    SyncBuffersHook, which would average them."""
+    from types import SimpleNamespace
+    from unittest.mock import MagicMock
+
+    from mmengine.hooks import SyncBuffersHook
+
+    from mmvthcl.engine.hooks import MemoryBankHook
+    from mmvthcl.engine.hooks import memory_bank_hook
+    synced = []
+    monkeypatch.setattr(memory_bank_hook, 'all_reduce_params',
+                        lambda params, op: synced.extend(params))
+    model = _tiny_vthcl(10)
+    hook = MemoryBankHook()
+    hook.distributed = True  # as on every rank of a 2-process run
+    hook.after_train_epoch(SimpleNamespace(model=model, hooks=[hook]))
+    ids = {id(b) for b in synced}
+    assert not ids & {id(b) for b in model.head.memory.buffers()}
+    assert id(model.backbone.conv1.bn.running_mean) in ids
+    assert len(ids) == len(list(model.buffers())) - len(
+        list(model.head.memory.buffers()))
+
+    runner = SimpleNamespace(model=model, logger=MagicMock(),
+                             hooks=[hook, SyncBuffersHook()])
+    with pytest.raises(ValueError, match=r"set default_hooks.sync_buffers="
+                       r"dict\(type='MemoryBankHook'\)"):
+        hook.before_run(runner)
 
 
 def test_sharded_memory_refuses_save_best_on_every_rank():

@@ -262,6 +262,15 @@ def test_tensor_and_predict_modes_return_embeddings():
         assert torch.allclose(slow_only['res5_slow'], out['res5_slow'])
         preds = model(**data, mode='predict')
         assert torch.allclose(preds[1].res4_fast, out['res4_fast'][1])
+        # each tempo through its own encoder and φ
+        for tempo, key, encoder in (('slow', 'imgs', model.backbone),
+                                    ('fast', 'imgs_fast',
+                                     model.fast_backbone)):
+            own = model.head.project(
+                encoder(data['inputs'][key].flatten(0, 1)), tempo)
+            for d, v in own.items():
+                torch.testing.assert_close(out[f'{d}_{tempo}'], v,
+                                           msg=f'{d}_{tempo}')
 
 
 def test_separate_or_shared_encoders():
