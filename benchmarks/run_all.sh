@@ -9,11 +9,11 @@
 # On a GPU the step runs three times: R50 at 224² (the pretraining config,
 # the size the issue asks for), the same with mixed precision (what
 # `tools/train.py --amp` trains with) and R18 at 112² (host-bound: where
-# VTHCL's extra kernel launches show); the head runs at R18 112² without the memory
-# subprocesses, and data only times the colour on the GPU (decoding stays
-# on the CPU). A script that fails does not stop the others; the exit status
-# says whether any failed. PYTHON picks the interpreter (default: the
-# project's .venv if there is one, else python3).
+# VTHCL's extra kernel launches show); the head runs at R18 112² without
+# the memory subprocesses, and data only times the colour on the GPU
+# (decoding stays on the CPU). A script that fails does not stop the
+# others; the exit status says whether any failed. PYTHON picks the
+# interpreter (default: the project's .venv if there is one, else python3).
 set -u -o pipefail
 
 usage() { echo "usage: bash benchmarks/run_all.sh OUT_DIR [--device cpu|cuda] [--quick]" >&2; exit 2; }

@@ -74,9 +74,8 @@ class RobustVideoDataset(VideoDataset):
     neither on the worker that loads it nor on the number of workers, and
     a resumed run draws the same clips as an uninterrupted one. Behind a
     ``RepeatDataset`` the index is the one the sampler drew, so repeats of
-    a video differ. Plain ``int`` indices (also those a
-    ``ClassBalancedDataset`` hands over) run the pipeline as
-    ``VideoDataset`` does.
+    a video differ. Plain ``int`` indices (also those of a wrapper that
+    looks them up in a table) run the pipeline as ``VideoDataset`` does.
 
     Args:
         ann_file (str): Annotation file.
