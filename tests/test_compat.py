@@ -233,6 +233,23 @@ def test_config_adapted_for_cpu_distributed_runs():
         assert cfg.model_wrapper_cfg.find_unused_parameters is True
 
 
+def test_gpu_machines_keep_the_stock_device_handling(monkeypatch):
+    """Where CUDA is available (simulated here), set_device stays torch's
+    and a distributed config keeps its nccl backend and wrapper."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+
+    def stock(device):  # stands for torch's (monkeypatch restores it)
+        pass
+
+    monkeypatch.setattr(torch.cuda, 'set_device', stock)
+    assert compat.patch_cpu_set_device() is False
+    assert torch.cuda.set_device is stock
+    cfg = Config(dict(env_cfg=dict(dist_cfg=dict(backend='nccl'))))
+    compat.adapt_config_for_device(cfg, 'pytorch')
+    assert cfg.env_cfg.dist_cfg.backend == 'nccl'
+    assert 'model_wrapper_cfg' not in cfg
+
+
 def test_color_jitter_hue_fixed_for_numpy2():
     from mmaction.datasets.transforms import ColorJitter
     stock = getattr(ColorJitter, '_mmvthcl_stock_adjust_hue', None)

@@ -486,6 +486,26 @@ def test_monitor_hook_evaluates_every_interval_and_at_the_end(monkeypatch):
                       (5, 'knn/top1', 60.0)]
 
 
+def test_eval_knn_options_reach_the_evaluation(monkeypatch):
+    """tools/eval_knn.py hands every option to the model build and the kNN
+    (the slow end-to-end test runs it with the defaults only)."""
+    tool = load_tool('eval_knn')
+    seen = {}
+    monkeypatch.setattr(tool, 'build_vthcl_model', lambda cfg, ckpt, seed: (
+        seen.update(checkpoint=ckpt, seed=seed) or torch.nn.Linear(1, 1)))
+    # (lists and root; then the config's pipeline)
+    monkeypatch.setattr(tool, 'evaluate_knn', lambda model, *args, **kw: (
+        seen.update(args=args[:3], **kw) or 12.5))
+    tool.main([DEMO, 'ck.pth', '--train-ann', 't.txt', '--val-ann', 'v.txt',
+               '--data-root', 'videos', '--k', '5', '--temperature', '0.5',
+               '--depth', 'res4', '--no-center', '--batch-size', '3',
+               '--num-workers', '2', '--seed', '7', '--device', 'cpu'])
+    assert seen == dict(checkpoint='ck.pth', seed=7,
+                        args=('t.txt', 'v.txt', 'videos'), k=5,
+                        temperature=0.5, depth='res4', batch_size=3,
+                        num_workers=2, center=False)
+
+
 def test_eval_knn_refuses_a_device_it_does_not_have(tiny_synthetic):
     if torch.cuda.is_available():
         pytest.skip('this machine has CUDA')

@@ -21,10 +21,11 @@ from mmvthcl.engine.hooks import ICMHook
 from mmvthcl.engine.hooks import icm_hook as icm_hook_module
 from mmvthcl.models.heads.hierarchical_contrastive_head import Projection
 from mmvthcl.visualization import (ICMClips, ICMResult, compute_icm,
-                                   icm_crop_size, icm_sampler, load_icm_clips,
-                                   render_icm_animation, render_icm_grid,
-                                   save_gif)
-from .conftest import VIDEOS, load_tool, run_tool, write_pretrain_config
+                                   heatmap_overlay, icm_crop_size, icm_sampler,
+                                   load_icm_clips, render_icm_animation,
+                                   render_icm_grid, save_gif)
+from .conftest import (ROOT, VIDEOS, load_tool, run_tool,
+                       write_pretrain_config)
 
 DEPTHS = ('res3', 'res4', 'res5')
 
@@ -338,6 +339,97 @@ def test_grid_and_animation_layout(tmp_path, same_num_frames):
         assert im.format == 'GIF' and im.n_frames == n_cols
     with pytest.raises(KeyError, match='res3'):
         render_icm_grid(result, 'res3')
+
+
+def test_overlay_weights_the_colour_map_by_alpha():
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, 6, 5, 3), dtype=np.uint8)
+    heat = rng.random((2, 6, 5), dtype=np.float32)
+    levels = np.clip(heat * 255 + 0.5, 0, 255).astype(np.uint8)
+    jet = cv2.cvtColor(cv2.applyColorMap(levels.reshape(-1, 5),
+                                         cv2.COLORMAP_JET),
+                       cv2.COLOR_BGR2RGB).reshape(frames.shape)
+    assert np.array_equal(heatmap_overlay(frames, heat, 0.0), frames)
+    assert np.array_equal(heatmap_overlay(frames, heat, 1.0), jet)
+    blend = heatmap_overlay(frames, heat, 0.25).astype(np.float64)
+    want = 0.75 * frames + 0.25 * jet
+    assert np.abs(blend - want).max() <= 0.5 + 1e-6
+
+
+def test_grid_puts_each_frame_at_its_instant():
+    """Plain-frame rows: frame i of each clip sits in the column of its
+    instant in the window (constant frames of value 10·i, tiles too small
+    for a label)."""
+    sampler = TempoPairSampleFrames(8, 8, 2, test_mode=True)
+    slow = np.stack([np.full((40, 40, 3), 10 * i, np.uint8)
+                     for i in range(8)])
+    fast = np.stack([np.full((40, 40, 3), 10 * i + 5, np.uint8)
+                     for i in range(16)])
+    result = ICMResult(_clips_from_frames(slow, fast, sampler))
+    result.maps['res5'] = {'slow': np.zeros((8, 40, 40), np.float32),
+                           'fast': np.zeros((16, 40, 40), np.float32)}
+    tile = 30
+    grid = render_icm_grid(result, tile=tile)
+    # rows: slow frames, slow res5, fast frames, fast res5
+    clips = result.clips
+    times = sorted(set(clips.slow_offsets.tolist())
+                   | set(clips.fast_offsets.tolist()))
+    for row, tempo, frames in ((0, 'slow', slow), (2, 'fast', fast)):
+        for i, t in enumerate(clips.offsets(tempo).tolist()):
+            x = 110 + times.index(t) * tile
+            cell = grid[row * tile:(row + 1) * tile, x:x + tile]
+            assert np.all(cell == frames[i, 0, 0]), (tempo, i)
+
+
+def test_visualize_icm_options_reach_the_drawing(monkeypatch, tmp_path):
+    """tools/visualize_icm.py: ``none`` (any case) builds the random model,
+    a path loads it; --depth, --size, --seed, --tile and --no-frames reach
+    the model build, the clips, the map and the grid."""
+    tool = load_tool('visualize_icm')
+    seen = {}
+
+    class Model:
+        head = SimpleNamespace(depths=('res3', 'res4', 'res5'))
+
+        def to(self, device):
+            return self
+
+    def build(cfg, checkpoint, seed):
+        seen.update(checkpoint=checkpoint, seed=seed)
+        return Model()
+
+    def clips(video, cfg, size):
+        seen.update(video=video, size=size)
+        return SimpleNamespace(slow_inds=np.arange(2),
+                               fast_inds=np.arange(4), total_frames=9)
+
+    def grid(result, depths, tile, title, show_frames):
+        seen.update(grid_depths=depths, tile=tile, frames=show_frames,
+                    title=title)
+        return np.zeros((2, 2, 3), np.uint8)
+
+    monkeypatch.setattr(tool, 'build_vthcl_model', build)
+    monkeypatch.setattr(tool, 'load_icm_clips', clips)
+    monkeypatch.setattr(tool, 'compute_icm', lambda model, c, depths: (
+        seen.update(icm_depths=depths)))
+    monkeypatch.setattr(tool, 'render_icm_grid', grid)
+    monkeypatch.setattr(tool, 'save_image', lambda path, image: (
+        seen.update(out=path)))
+    out = str(tmp_path / 'icm.png')
+    cfg = osp.join(ROOT, 'configs', 'vthcl_r18_k400.py')
+    tool.main([cfg, 'NONE', 'v.mp4', '--out', out, '--depth', 'res4',
+               '--size', '96', '--seed', '3', '--tile', '40', '--no-frames',
+               '--device', 'cpu'])
+    assert seen.pop('title').endswith('RANDOM WEIGHTS (no checkpoint)')
+    assert seen == dict(checkpoint=None, seed=3, video='v.mp4', size=96,
+                        icm_depths=('res4', ), grid_depths=('res4', ),
+                        tile=40, frames=False, out=out)
+    seen.clear()
+    tool.main([cfg, 'ck.pth', 'v.mp4', '--out', out, '--depth', 'all',
+               '--device', 'cpu'])
+    assert seen['checkpoint'] == 'ck.pth' and seen['seed'] is None
+    assert seen['icm_depths'] == ('res3', 'res4', 'res5')
+    assert (seen['tile'], seen['frames'], seen['size']) == (112, True, None)
 
 
 # -------------------------------------------------------------- the hook

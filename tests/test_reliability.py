@@ -603,6 +603,40 @@ def test_shipped_configs_use_the_reliable_parts():
     assert DATASETS.get('RobustVideoDataset') is RobustVideoDataset
 
 
+@pytest.mark.parametrize('depth', [18, 50])
+def test_shipped_configs_hold_the_documented_recipe(depth):
+    """The values README's "Defaults" table documents, in both pretraining
+    configs: K, T, the bank momentum, the clips, the crop, the colour
+    probabilities, the optimiser and the batch."""
+    cfg = Config.fromfile(
+        osp.join(ROOT, 'configs', f'vthcl_r{depth}_k400.py'))
+    head = cfg.model.head
+    assert cfg.model.backbone.depth == depth
+    assert (head.num_negatives, head.temperature, head.feat_dim) == (
+        16384, 0.07, 128)
+    assert head.depths == ('res3', 'res4', 'res5')
+    assert head.loss_weights == (1.0, 1.0, 1.0)
+    assert head.memory.momentum == 0.5 and not head.per_sample_negatives
+    assert not cfg.model.share_encoder
+    steps = {t['type']: t for t in cfg.train_dataloader.dataset.pipeline}
+    sampler = steps['TempoPairSampleFrames']
+    assert (sampler.clip_len, sampler.frame_interval, sampler.alpha,
+            sampler.same_num_frames) == (8, 8, 2, False)
+    assert not steps['TempoPairDecode'].share_crop
+    clip = {t['type']: t for t in cfg.clip_pipeline}
+    assert clip['RandomResizedCrop'].area_range == (0.2, 1.0)
+    assert clip['Flip'].flip_ratio == 0.5
+    assert (clip['ClipColorJitter'].p, clip['ClipGrayscale'].p) == (0.8, 0.2)
+    sgd = cfg.optim_wrapper.optimizer
+    assert (sgd.type, sgd.momentum, sgd.weight_decay) == ('SGD', 0.9, 1e-4)
+    # 0.03 x total batch / 256, 8 GPUs x 8 clips
+    assert cfg.train_dataloader.batch_size == 8
+    assert cfg.auto_scale_lr.base_batch_size == 64
+    assert sgd.lr == pytest.approx(0.03 * 64 / 256)
+    assert cfg.train_cfg.max_epochs == 100
+    assert cfg.param_scheduler[0].type == 'CosineAnnealingLR'
+
+
 def _bad_run_ann(tmp_path):
     # 6 good videos and 2 bad ones, at indices 2 and 5
     names = GOOD[:2] + ['empty.mp4'] + GOOD[2:4] + ['text.mp4'] + GOOD[4:]

@@ -134,6 +134,9 @@ def test_union_is_decoded_once_sorted_and_deduplicated(alpha):
     assert [f[0, 0, 0] for f in results['imgs_fast']] == list(
         results['fast_frame_inds'] % 256)
     assert results['video_reader'] is None
+    # what FormatShape and the stock transforms read about each clip
+    assert (results['clip_len'], results['fast_clip_len'],
+            results['num_clips']) == (8, 8 * alpha, 1)
 
 
 def test_short_video_union_has_no_duplicates():

@@ -181,13 +181,23 @@ def test_export_cli_and_refusals(pretrained, tmp_path):
                    overwrite=True)
     assert sorted(_load(str(out))['state_dict']) == sorted(
         _load(pretrained['bare'])['state_dict'])
+    # the CLI's options reach the export: --overwrite, --format
+    cli = load_tool('export_backbone')
+    with pytest.raises(SystemExit, match='exists; pass --overwrite'):
+        cli.main([pretrained['ckpt'], str(out)])
+    cli.main([pretrained['ckpt'], str(out), '--overwrite'])
+    assert sorted(_load(str(out))['state_dict']) == sorted(
+        _load(pretrained['prefixed'])['state_dict'])
+    cli.main([pretrained['ckpt'], str(out), '--overwrite', '--format',
+              'backbone'])
+    assert sorted(_load(str(out))['state_dict']) == sorted(
+        _load(pretrained['bare'])['state_dict'])
 
     # a stock recognizer checkpoint has backbone.* too, but no VTHCL encoder
     cfg = Config.fromfile(UCF_R18)
     recognizer = MODELS.build(cfg.model)
     stock = str(tmp_path / 'recognizer.pth')
     torch.save(dict(meta=dict(), state_dict=recognizer.state_dict()), stock)
-    cli = load_tool('export_backbone')
     with pytest.raises(SystemExit) as exc:
         cli.main([stock, str(tmp_path / 'x.pth')])
     message = str(exc.value.code)  # sys.exit(message): stderr, status 1
