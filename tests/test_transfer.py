@@ -163,7 +163,7 @@ def test_export_fast_encoder_and_shared_encoder(pretrained, tmp_path):
          for k, v in shared.backbone.state_dict().items()})
 
 
-def test_export_cli_and_refusals(pretrained, tmp_path):
+def test_export_cli_and_refusals(pretrained, tmp_path, capsys):
     # the CLI as a script: prints the count, creates the output directory
     out = tmp_path / 'new' / 'dir' / 'bb.pth'
     proc = run_tool('tools/export_backbone.py', pretrained['ckpt'], out)
@@ -188,10 +188,14 @@ def test_export_cli_and_refusals(pretrained, tmp_path):
     cli.main([pretrained['ckpt'], str(out), '--overwrite'])
     assert sorted(_load(str(out))['state_dict']) == sorted(
         _load(pretrained['prefixed'])['state_dict'])
+    capsys.readouterr()
     cli.main([pretrained['ckpt'], str(out), '--overwrite', '--format',
               'backbone'])
     assert sorted(_load(str(out))['state_dict']) == sorted(
         _load(pretrained['bare'])['state_dict'])
+    # and says how to load it, including the field stock configs get wrong
+    assert (f'model.backbone.pretrained={out} model.backbone.pretrained2d='
+            'False') in capsys.readouterr().out
 
     # a stock recognizer checkpoint has backbone.* too, but no VTHCL encoder
     cfg = Config.fromfile(UCF_R18)
@@ -259,6 +263,16 @@ def test_bare_export_loads_through_backbone_pretrained(pretrained):
     x = torch.randn(*CLIP)
     with torch.no_grad():
         assert torch.equal(recognizer.backbone(x), vthcl.backbone(x)[-1])
+
+    # why export_backbone tells users to set pretrained2d=False: a stock
+    # SlowOnly config keeps pretrained2d=True, and MMAction2's inflation then
+    # finds none of the 3D keys and silently keeps every random weight
+    inflated = _recognizer(pretrained=pretrained['bare'], pretrained2d=True)
+    inflated.init_weights()
+    trained = vthcl.backbone.state_dict()
+    assert not any(torch.equal(v, trained[k]) for k, v in
+                   inflated.backbone.state_dict().items()
+                   if v.is_floating_point() and v.numel() > 1)
 
 
 def test_linear_probe_trains_only_the_head(pretrained):

@@ -58,6 +58,20 @@ def main(argv=None):
     keys = 'backbone.<key>' if args.format == 'prefixed' else 'bare'
     print(f"wrote {info['num_tensors']} tensors of the {args.encoder} "
           f'encoder{note}, {keys} keys, to {args.out}')
+    print(f'load it with {usage(args.format, args.out)}')
+
+
+def usage(fmt, path):
+    """The ``--cfg-options`` that load an export of format ``fmt``."""
+    if fmt == 'prefixed':
+        return (f'--cfg-options load_from={path} (recognition) or '
+                f'model.init_cfg.checkpoint={path} (detection)')
+    # Stock SlowOnly configs keep pretrained2d=True, which inflates a 2D
+    # ResNet: MMAction2 then finds none of these 3D keys, keeps the random
+    # weights and only logs 'Module not exist in the state_dict_r2d'.
+    return (f'--cfg-options model.backbone.pretrained={path} '
+            'model.backbone.pretrained2d=False (with pretrained2d=True '
+            'MMAction2 looks for 2D ResNet keys and loads none of these)')
 
 
 if __name__ == '__main__':
