@@ -374,6 +374,11 @@ def test_nan_loss_names_the_depth():
     (dict(per_sample_negatives=True,
           memory=dict(type='HierarchicalMemoryBank', sharded=True)),
      'not supported with a sharded memory'),
+    (dict(compile=True,
+          memory=dict(type='HierarchicalMemoryBank', sharded=True)),
+     'compile is not supported with a sharded memory'),
+    (dict(compile=True, norm_cfg=dict(type='SyncBN')),
+     'compile is not supported with norm_cfg=SyncBN'),
 ])
 def test_bad_head_configs_fail_at_build_time(kwargs, match):
     cfg = dict(in_channels=(8, 16, 32), feat_dim=6, num_negatives=7,
@@ -472,3 +477,75 @@ def test_centred_embeddings_keep_the_batch_spread():
     losses = head.loss(emb, head.project(feats, 'fast'), torch.arange(8))
     for d in DEPTHS:
         assert abs(float(losses[f'cos_{d}'])) < 0.3
+
+
+def test_compile_option_is_a_bool_or_torch_compile_options():
+    cfg = dict(in_channels=(8, 16, 32), feat_dim=6, num_negatives=7,
+               memory=dict(type='HierarchicalMemoryBank', num_samples=50))
+    with pytest.raises(TypeError, match='head.compile must be a bool'):
+        HierarchicalContrastiveHead(compile='yes', **cfg)
+    head = HierarchicalContrastiveHead(compile=dict(mode='max-autotune'),
+                                       **cfg)
+    assert head.compile_cfg == dict(fullgraph=True, dynamic=False,
+                                    mode='max-autotune')
+    assert HierarchicalContrastiveHead(**cfg).compile_cfg is None
+
+
+@pytest.mark.slow
+def test_compiled_head_trains_like_the_eager_one():
+    """``compile=True``: φ and the losses as one graph (no break:
+    ``fullgraph``), the row update as another; three training steps give
+    the eager head's losses, gradients, banks, step count and BN statistics
+    up to rounding, and a non-finite step still raises before the banks."""
+    import copy
+    torch.manual_seed(0)
+    cfg = dict(in_channels=(8, 16, 32), feat_dim=6, num_negatives=16,
+               temperature=0.2, loss_weights=(1.0, 0.5, 2.0),
+               memory=dict(type='HierarchicalMemoryBank', num_samples=40))
+    from torch._dynamo.utils import counters
+    graphs = counters['stats']['unique_graphs']
+    eager = HierarchicalContrastiveHead(**cfg)
+    compiled = HierarchicalContrastiveHead(compile=True, **cfg)
+    compiled.load_state_dict(eager.state_dict())
+    shapes = [(8, 2, 4, 4), (16, 2, 2, 2), (32, 2, 1, 1)]
+    g = torch.Generator().manual_seed(1)
+    for step in range(3):
+        # a repeated index: the compiled update keeps the last copy too
+        index = torch.tensor([3, 17, 3, 8, 30, 1]) + step
+        feats = {t: [torch.randn(6, *s, generator=g) for s in shapes]
+                 for t in ('slow', 'fast')}
+        grads = []
+        for head in (eager, compiled):
+            x = {t: [f.clone().requires_grad_() for f in v]
+                 for t, v in feats.items()}
+            losses = head.loss_from_features(x['slow'], x['fast'], index)
+            sum(v for k, v in losses.items() if k.startswith('loss')
+                ).backward()
+            grads.append((losses, [f.grad for f in x['slow'] + x['fast']]))
+        (l_e, g_e), (l_c, g_c) = grads
+        assert l_e.keys() == l_c.keys()
+        for k in l_e:
+            assert torch.allclose(l_e[k], l_c[k], atol=1e-5), (step, k)
+        for a, b in zip(g_e, g_c):
+            assert torch.allclose(a, b, atol=1e-6), step
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+    state_e, state_c = eager.state_dict(), compiled.state_dict()
+    assert state_e.keys() == state_c.keys()  # no compiler's prefix
+    for k in state_e:
+        assert torch.allclose(state_e[k].double(), state_c[k].double(),
+                              atol=1e-6), k
+    assert int(compiled.memory.num_updates) == 3
+    assert compiled.memory.steps_taken() == 3
+    # dynamo made the two graphs, once: the steps did not recompile
+    assert set(compiled._compiled) == {'contrast', 'write_rows'}
+    assert counters['stats']['unique_graphs'] - graphs == 2
+    # a copy does not share the original's compiled functions
+    assert not copy.deepcopy(compiled)._compiled
+    banks = {k: v.clone() for k, v in state_c.items() if 'bank' in k}
+    feats['slow'][1] = torch.full_like(feats['slow'][1], float('nan'))
+    with pytest.raises(FloatingPointError, match='loss_res4'):
+        compiled.loss_from_features(feats['slow'], feats['fast'], index)
+    for k, v in banks.items():
+        assert torch.equal(compiled.state_dict()[k], v), k
+    assert compiled.memory.steps_taken() == 3

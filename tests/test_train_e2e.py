@@ -40,6 +40,28 @@ def test_pretrain_logs_depth_losses_and_saves_banks(tmp_path, video_list):
     # tests/test_resume.py's: bit-identical to an uninterrupted run
 
 
+def test_pretrain_with_the_compiled_head(tmp_path, video_list):
+    """``model.head.compile=True`` through tools/train.py: the runner's
+    steps, hooks and checkpoint work with the compiled head, and the
+    checkpoint has the eager model's keys (nothing of the compiler's)."""
+    cfg = write_pretrain_config(
+        tmp_path / 'cfg.py', video_list, max_iters=2,
+        extra='model = dict(head=dict(num_negatives=4, compile=True))')
+    work = tmp_path / 'work'
+    out = run_tool('tools/train.py', cfg, '--work-dir', work,
+                   timeout=900).stdout
+    losses = re.findall(r'Iter\(train\) \[\d/2\].*?loss: (\S+)', out)
+    assert len(losses) == 2, out[-3000:]
+    assert all(torch.isfinite(torch.tensor(float(v))) for v in losses)
+    sd = load_tensors_only(str(work / 'iter_2.pth'))['state_dict']
+    assert int(sd['head.memory.num_updates']) == 2
+    from mmaction.registry import MODELS
+    from mmengine.config import Config
+    model_cfg = Config.fromfile(cfg).model
+    model_cfg.head.compile = False
+    assert sd.keys() == MODELS.build(model_cfg).state_dict().keys()
+
+
 def test_bank_size_must_match_the_dataset(tmp_path, video_list):
     cfg = write_pretrain_config(
         tmp_path / 'cfg.py', video_list,

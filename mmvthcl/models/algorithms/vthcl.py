@@ -248,8 +248,9 @@ class VTHCL(BaseModel):
                 "a training batch of 1 clip: φ's BatchNorm needs at least 2 "
                 '(set train_dataloader.drop_last=True, which drops a last '
                 'partial batch, or a batch size of 2 or more)')
-        emb = self.embed(inputs)
-        return self.head.loss(emb['slow'], emb['fast'], index)
+        return self.head.loss_from_features(
+            self.extract_feat(inputs['imgs'], 'slow'),
+            self.extract_feat(inputs['imgs_fast'], 'fast'), index)
 
     def _plain_batch_norm(self) -> bool:
         """Whether φ normalises over the local batch (SyncBN does not)."""

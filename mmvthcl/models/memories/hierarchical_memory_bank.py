@@ -18,7 +18,8 @@ one ``all_reduce`` per step (each rank fills the rows it owns). Random values
 are generated per fixed-size chunk of rows, so a shard holds exactly the rows
 the replicated bank would hold, and both modes give the same losses.
 """
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import (Callable, Dict, Iterable, List, Optional, Sequence,
+                    Tuple)
 
 import torch
 import torch.distributed as torch_dist
@@ -370,14 +371,34 @@ class HierarchicalMemoryBank(BaseModule):
 
     # ----------------------------------------------------------- updating
     @torch.no_grad()
-    def update(self, index: torch.Tensor,
-               feats: Dict[Tuple[str, str], torch.Tensor]) -> None:
+    def update(self,
+               index: torch.Tensor,
+               feats: Dict[Tuple[str, str], torch.Tensor],
+               write: Optional[Callable] = None) -> None:
         """Momentum-update the rows of the global batch, on every rank.
 
         Args:
             index (Tensor): Dataset indices of the local batch, (B, ).
             feats (dict): ``(depth, tempo)`` → local embeddings (B, D).
+            write (callable, optional): Stands in for :meth:`write_rows`
+                (the head passes its compiled form). Defaults to None.
         """
+        write = self.write_rows if write is None else write
+        self.check_update()
+        stacked = torch.stack([feats[k].detach() for k in self.keys], dim=1)
+        index = all_gather_rows(index)
+        stacked = all_gather_rows(stacked)
+        if self.sharded:
+            lo, hi = self.shard_range()
+            uniq, last = last_occurrence(index)
+            mine = (uniq >= lo) & (uniq < hi)
+            write(uniq[mine] - lo, stacked[last][mine])
+        else:
+            write(index, stacked, dedup=True)
+        self.count_step()
+
+    def check_update(self) -> None:
+        """Refuse an update the banks cannot take (see :meth:`update`)."""
         self._check_sized()
         if not self.hook_attached and _is_dist():
             raise RuntimeError(
@@ -386,27 +407,40 @@ class HierarchicalMemoryBank(BaseModule):
                 'shipped VTHCL configs set it): without it the stock buffer '
                 'sync averages the banks across ranks, and sharded banks are '
                 'left out of checkpoints')
-        stacked = torch.stack([feats[k].detach() for k in self.keys], dim=1)
-        index = all_gather_rows(index)
-        stacked = all_gather_rows(stacked)
-        lo, hi = self.shard_range()
-        if self.sharded:
-            uniq, last = last_occurrence(index)
-            mine = (uniq >= lo) & (uniq < hi)
-            rows, stacked = uniq[mine] - lo, stacked[last][mine]
-        else:
-            # duplicates all write the last copy's row: deterministic, and
-            # no sync (torch.unique and masks wait for the GPU)
-            rows, stacked = index, stacked[last_copy(index)]
+
+    @torch.no_grad()
+    def write_rows(self,
+                   rows: torch.Tensor,
+                   feats: torch.Tensor,
+                   dedup: bool = False) -> None:
+        """The momentum update of ``rows`` of every bank, tensors only.
+
+        It reads nothing back to the host, so the head can compile it
+        (``HierarchicalContrastiveHead(compile=...)``) into a few kernels.
+
+        Args:
+            rows (Tensor): Local rows to update, (R, ).
+            feats (Tensor): Their new embeddings, (R, banks, D), banks in
+                :attr:`keys` order.
+            dedup (bool): ``rows`` may repeat (a sampler padding the epoch):
+                every copy then writes its last copy's result, which is
+                deterministic. Defaults to False (distinct rows).
+        """
+        if dedup:
+            # no torch.unique: its data-dependent size waits for the GPU
+            feats = feats[last_copy(rows)]
         # all banks in one batch of operations: a handful of kernels per
         # step instead of a handful per bank
-        new = stacked.transpose(0, 1)
+        new = feats.transpose(0, 1)
         old = self._read_rows(self.keys, rows)
         beta = self.momentum
         mixed = F.normalize(
             old.mul_(beta).add_(new.to(old.dtype), alpha=1 - beta), dim=-1)
         for i, (d, t) in enumerate(self.keys):
             self.bank(d, t).index_copy_(0, rows, mixed[i])
+
+    def count_step(self) -> None:
+        """Count a step in ``num_updates`` (which seeds the negatives)."""
         steps = self.steps_taken()
         self.num_updates += 1
         self._num_updates_host = (self._num_updates_key(), steps + 1)
