@@ -103,7 +103,9 @@ def count_ops(fn: Callable[[], object], device: str) -> Tuple[int, str]:
 
     On a GPU the kernels it launches; on a CPU its top-level ATen operator
     calls (each would be at least one launch on a GPU, and each costs the
-    host the dispatch a launch-bound step pays for).
+    host the dispatch a launch-bound step pays for), and the kernels of a
+    ``torch.compile`` graph, which the profile names when inductor's
+    ``cpp.enable_kernel_profile`` is set.
     """
     from torch.profiler import ProfilerActivity, profile
     cuda = str(device).startswith('cuda')
@@ -120,7 +122,7 @@ def count_ops(fn: Callable[[], object], device: str) -> Tuple[int, str]:
                     'cuLaunchKernel', 'cuLaunchKernelEx')
         return sum(e.name in launches for e in events), 'kernels'
     return sum(
-        e.name.startswith('aten::') and
+        (e.name.startswith('aten::') or '_cpp_fused_' in e.name) and
         (e.cpu_parent is None or not e.cpu_parent.name.startswith('aten::'))
         for e in events), 'ATen calls'
 

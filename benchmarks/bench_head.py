@@ -19,6 +19,10 @@ Variants, interleaved:
   losses computed the NPID/CMC way, as the head did before it was
   optimised: every bank's rows gathered with advanced indexing up front and
   kept by autograd for the backward pass.
+- ``shared, compiled`` (with ``--compile``): ``shared`` with the head's
+  ``compile=True`` (φ and the losses one ``torch.compile`` graph, the row
+  update another); its first call, in the warm-up, compiles (about a
+  minute). No memory measurement (each subprocess would compile again).
 
 Memory is measured per variant in a fresh subprocess: the extra memory at
 the peak of the forward pass and bank update (what the head adds on top of
@@ -33,7 +37,8 @@ over the allocated memory before.
 
 Each variant's operations per step are counted once with torch.profiler:
 kernel launches on a GPU, top-level ATen calls on a CPU (on a GPU, where a
-small head is bound by launching kernels, their number is its cost).
+small head is bound by launching kernels, their number is its cost); a
+compiled graph's calls count once each, its generated kernels included.
 
 Targets: ``shared`` ≤ 10 % of ``encoders``; per-sample negatives the NPID/CMC
 way ≥ 5× the time and ≥ 10× the forward+update peak memory of ``shared``.
@@ -42,6 +47,7 @@ The shipped per-sample mode (fused loss) is listed for information.
     python benchmarks/bench_head.py                 # ~3 min on 2 CPU cores
     python benchmarks/bench_head.py --quick         # ~20 s
     python benchmarks/bench_head.py --device cuda --depth 50 --batch 8
+    python benchmarks/bench_head.py --compile       # + the compiled head
 """
 import argparse
 from typing import Optional
@@ -57,6 +63,7 @@ HEAD_SHARE_TARGET = 0.10
 SPEED_TARGET = 5.0
 MEMORY_TARGET = 10.0
 NPID = 'per-sample, autograd (NPID/CMC)'
+COMPILED = 'shared, compiled'
 
 
 def variant_names(device: str) -> tuple:
@@ -91,6 +98,9 @@ def parse_args(argv=None):
                         help='timed repetitions (default 5, quick 2)')
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the memory subprocesses')
+    parser.add_argument('--compile', action='store_true',
+                        help="add the head with compile=True ('shared, "
+                        "compiled'; compiling takes about a minute)")
     args = parser.parse_args(argv)
     args.batch = args.batch or (2 if args.quick else 8)
     args.crop = args.crop or (64 if args.quick else 112)
@@ -123,7 +133,7 @@ def feature_shapes(depth: int, clip_len: int, alpha: int, crop: int):
 
 
 def build_head(args, per_sample: bool, num_samples: int,
-               together: Optional[bool] = None):
+               together: Optional[bool] = None, compile: bool = False):
     from mmaction.registry import MODELS
     channels = tuple(64 * 2**i * (4 if args.depth >= 50 else 1)
                      for i in (1, 2, 3))
@@ -135,6 +145,7 @@ def build_head(args, per_sample: bool, num_samples: int,
             num_negatives=args.num_negatives,
             per_sample_negatives=per_sample,
             read_banks_together=together,
+            compile=compile,
             memory=dict(
                 type='HierarchicalMemoryBank', num_samples=num_samples)))
 
@@ -182,11 +193,11 @@ def make_feats(shapes, batch, device, seed=0):
 
 
 def head_forward(head, feats, index, autograd: bool):
+    if not autograd:  # as VTHCL.loss calls it
+        return head.loss_from_features(feats['slow'], feats['fast'], index)
     slow = head.project(feats['slow'], 'slow')
     fast = head.project(feats['fast'], 'fast')
-    if autograd:
-        return autograd_loss(head, slow, fast, index)
-    return head.loss(slow, fast, index)
+    return autograd_loss(head, slow, fast, index)
 
 
 def backward(losses):
@@ -241,6 +252,11 @@ def main(argv=None):
 
     shapes = feature_shapes(args.depth, args.clip_len, args.alpha,
                             args.crop)
+    if args.compile:
+        # name each generated CPU kernel in the profile, so that count_ops
+        # counts it (on a GPU every kernel is a launch anyway)
+        import torch._inductor.config
+        torch._inductor.config.cpp.enable_kernel_profile = True
     torch.manual_seed(args.seed)
     slow_enc, fast_enc = build_encoders(args.depth, dev)
     clips = {
@@ -258,7 +274,11 @@ def main(argv=None):
     heads[variants[1]] = build_head(args, False, args.num_negatives,
                                     reads_together(variants[1]))
     heads['per-sample'] = build_head(args, True, args.num_negatives)
-    for name in (variants[1], 'per-sample'):
+    if args.compile:
+        variants += (COMPILED, )
+        heads[COMPILED] = build_head(args, False, args.num_negatives,
+                                     compile=True)
+    for name in set(heads) - {'shared'}:
         heads[name].memory = heads['shared'].memory
     for h in heads.values():
         h.to(dev)
@@ -311,7 +331,8 @@ def main(argv=None):
     mem = {}
     if not args.no_memory:
         # quick: only the two variants the memory target compares
-        for v in (('shared', NPID) if args.quick else variants):
+        for v in (('shared', NPID) if args.quick else
+                  [v for v in variants if v != COMPILED]):
             mem[v] = in_fresh_process(memory_child, args, shapes, v)
 
     enc = t['encoders']
@@ -347,6 +368,13 @@ def main(argv=None):
           f"{ratio(t[variants[1]], t['shared']):.2f}x, {counted} "
           f"{ops[variants[1]]} vs {ops['shared']}")
     summary = dict(head_share=share, npid_over_shared_time=speed)
+    if args.compile:
+        compiled = summary['compiled_head_share'] = ratio(t[COMPILED], enc)
+        print(f"{COMPILED} / shared: time "
+              f"{ratio(t[COMPILED], t['shared']):.2f}x, {counted} "
+              f"{ops[COMPILED]} vs {ops['shared']}; head (compiled) / "
+              f"encoders: {compiled:.3f}  target "
+              f"{verdict(compiled, HEAD_SHARE_TARGET, False)}")
     if mem:
         s = mem['shared']
         ref = mem[npid]

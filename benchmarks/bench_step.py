@@ -16,11 +16,15 @@ model (``defer=True``, the shipped configs), each VTHCL batch carries colour
 records drawn by those transforms, so the VTHCL step includes the colour
 work that stock MMAction2 pipelines do in the loader; ``--loader-colour``
 leaves it out.
+- ``vthcl, compiled head`` (with ``--compile-head``): the same VTHCL model
+  and weights with ``model.head.compile=True``; its first step, in the
+  warm-up, compiles (about a minute).
 
     python benchmarks/bench_step.py                  # R18, batch 8, 112²
     python benchmarks/bench_step.py --quick          # ~20 s smoke run
     python benchmarks/bench_step.py --device cuda --depth 50
     python benchmarks/bench_step.py --device cuda --depth 50 --amp
+    python benchmarks/bench_step.py --compile-head   # + the compiled head
 """
 import copy
 import functools
@@ -33,6 +37,7 @@ from _common import (ROOT, add_model_args, base_parser, dump_json, interleaved,
                      verdict, vthcl_model_cfg)
 
 STEP_TARGET = 1.15
+COMPILED = 'vthcl, compiled head'
 
 
 def parse_args(argv=None):
@@ -60,6 +65,9 @@ def parse_args(argv=None):
         help='every model steps with MMEngine\'s AmpOptimWrapper (float16 '
         'autocast and loss scaling), as `tools/train.py --amp` trains; GPU '
         'only, as the wrapper is')
+    parser.add_argument(
+        '--compile-head', action='store_true',
+        help="add the VTHCL step with model.head.compile=True")
     args = parser.parse_args(argv)
     if args.amp and not args.device.startswith('cuda'):
         parser.error('--amp needs --device cuda (MMEngine\'s '
@@ -153,6 +161,13 @@ def build_models(args, device):
         fast=MODELS.build(stock_model_cfg(args.depth)))
     for m in models.values():
         m.init_weights()
+    if args.compile_head:
+        cfg = vthcl_model_cfg(args, args.num_samples, args.num_negatives,
+                              args.per_sample_negatives)
+        cfg['head']['compile'] = True
+        models[COMPILED] = MODELS.build(cfg)
+        models[COMPILED].load_state_dict(models['vthcl'].state_dict())
+    for m in models.values():
         m.to(device)
         m.train()
     return models
@@ -211,11 +226,14 @@ def main(argv=None):
             samples.append(ds)
         return dict(inputs=list(imgs), data_samples=samples)
 
-    def vthcl_step_with(batch):
-        models['vthcl'].train_step(batch, optims['vthcl'])
+    def vthcl_step_with(batch, name='vthcl'):
+        models[name].train_step(batch, optims[name])
 
     def vthcl():
         vthcl_step_with(step['batch'])
+
+    def vthcl_compiled():
+        vthcl_step_with(step['compiled_batch'], COMPILED)
 
     def stock():
         models['slow'].train_step(stock_batch(slow), optims['slow'])
@@ -225,13 +243,19 @@ def main(argv=None):
         # built untimed: a randperm of N on the host costs milliseconds,
         # noticeable next to a GPU step (stock batches draw nothing)
         step['batch'] = vthcl_batch(r)
+        if args.compile_head:
+            # its own: the preprocessor consumes a batch's colour records
+            step['compiled_batch'] = vthcl_batch(r)
 
     # a GPU needs a few rounds before its steps settle (cuDNN autotuning
     # and the caching allocator's first cudaMallocs, per model): with one,
     # an H100 run read 1.20x, the VTHCL step's median 155 ms against its
     # minimum 135 ms (benchmarks/README.md, "On a GPU")
     faults = {}
-    t = interleaved(dict(vthcl=vthcl, stock=stock), args.reps, device=dev,
+    work = dict(vthcl=vthcl, stock=stock)
+    if args.compile_head:
+        work[COMPILED] = vthcl_compiled
+    t = interleaved(work, args.reps, device=dev,
                     warmup=3 if dev.startswith('cuda') else 1,
                     seed=args.seed, before=before, faults=faults)
     r = ratio(t['vthcl'], t['stock'])
@@ -243,10 +267,18 @@ def main(argv=None):
              min(t['stock']) * 1e3, 1.0, median(faults['stock']) / 1e3],
             ['VTHCL', median(t['vthcl']) * 1e3, min(t['vthcl']) * 1e3, r,
              median(faults['vthcl']) / 1e3],
-        ])
+        ] + ([[
+            'VTHCL, compiled head', median(t[COMPILED]) * 1e3,
+            min(t[COMPILED]) * 1e3, ratio(t[COMPILED], t['stock']),
+            median(faults[COMPILED]) / 1e3
+        ]] if args.compile_head else []))
     print()
     print(f'VTHCL / stock x2: {r:.3f}  target '
           f'{verdict(r, STEP_TARGET, False)}')
+    if args.compile_head:
+        rc = ratio(t[COMPILED], t['stock'])
+        print(f'VTHCL with the compiled head / stock x2: {rc:.3f}  target '
+              f'{verdict(rc, STEP_TARGET, False)}')
     if dev.startswith('cuda'):
         print(f'max GPU memory allocated: '
               f'{torch.cuda.max_memory_allocated(dev) / 2**20:.0f} MiB '

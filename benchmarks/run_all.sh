@@ -9,8 +9,10 @@
 # On a GPU the step runs three times: R50 at 224² (the pretraining config,
 # the size the issue asks for), the same with mixed precision (what
 # `tools/train.py --amp` trains with) and R18 at 112² (host-bound: where
-# VTHCL's extra kernel launches show); the head runs at R18 112² without
-# the memory subprocesses, and data only times the colour on the GPU
+# VTHCL's extra kernel launches show; with the compiled head beside it);
+# the head runs at R18 112² without the memory subprocesses and with the
+# compiled head (each compiled variant compiles in its warm-up, about a
+# minute), and data only times the colour on the GPU
 # (decoding stays on the CPU). A script that fails does not stop the
 # others; the exit status says whether any failed. PYTHON picks the
 # interpreter (default: the project's .venv if there is one, else python3).
@@ -57,8 +59,9 @@ case $device in
     run step_r50_224 bench_step.py --depth 50 --batch 8 --crop 224 --reps 20
     run step_r50_224_amp bench_step.py --depth 50 --batch 8 --crop 224 \
       --reps 20 --amp
-    run step_r18_112 bench_step.py --depth 18 --batch 8 --crop 112 --reps 20
-    run head bench_head.py --no-memory --reps 20
+    run step_r18_112 bench_step.py --depth 18 --batch 8 --crop 112 --reps 20 \
+      --compile-head
+    run head bench_head.py --no-memory --reps 20 --compile
     run scaling bench_scaling.py
     run data bench_data.py --quick ;;
   *)

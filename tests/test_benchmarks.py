@@ -48,3 +48,18 @@ def test_step_refuses_amp_on_a_cpu():
                     check=False, timeout=120)
     assert proc.returncode == 2, proc.stdout
     assert '--amp needs --device cuda' in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow
+def test_step_with_the_compiled_head(tmp_path):
+    """``--compile-head`` adds a VTHCL model with ``head.compile=True``: its
+    training steps (MMEngine's ``train_step``, the compiled head inside)
+    run next to the eager ones and are reported."""
+    out = tmp_path / 'step.json'
+    proc = run_tool(osp.join(ROOT, 'benchmarks', 'bench_step.py'), '--quick',
+                    '--compile-head', '--json', out, timeout=900)
+    assert 'VTHCL with the compiled head / stock x2' in proc.stdout, \
+        proc.stdout[-3000:]
+    times = json.loads(out.read_text())['times']
+    assert set(times) == {'vthcl', 'stock', 'vthcl, compiled head'}
+    assert all(len(v) == len(times['vthcl']) > 0 for v in times.values())
