@@ -5,6 +5,7 @@
 #   bash benchmarks/run_all.sh OUT_DIR                 # CPU, 8-15 min
 #   bash benchmarks/run_all.sh OUT_DIR --device cuda   # GPU
 #   bash benchmarks/run_all.sh OUT_DIR --quick         # smoke run, ~80 s
+#   bash benchmarks/run_all.sh OUT_DIR --device cuda --only head,step_r18_112
 #
 # On a GPU the step runs three times: R50 at 224² (the pretraining config,
 # the size the issue asks for), the same with mixed precision (what
@@ -14,18 +15,21 @@
 # compiled head (each compiled variant compiles in its warm-up, about a
 # minute), and data only times the colour on the GPU
 # (decoding stays on the CPU). A script that fails does not stop the
-# others; the exit status says whether any failed. PYTHON picks the
+# others; the exit status says whether any failed. --only NAME,... runs
+# those runs alone (names as in the case below, e.g. to split a GPU session
+# into calls of a few minutes each). PYTHON picks the
 # interpreter (default: the project's .venv if there is one, else python3).
 set -u -o pipefail
 
-usage() { echo "usage: bash benchmarks/run_all.sh OUT_DIR [--device cpu|cuda] [--quick]" >&2; exit 2; }
+usage() { echo "usage: bash benchmarks/run_all.sh OUT_DIR [--device cpu|cuda] [--quick] [--only NAME,...]" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 out=$1; shift
-device=cpu; quick=()
+device=cpu; quick=(); only=
 while [ $# -gt 0 ]; do
   case $1 in
     --device) [ $# -ge 2 ] || usage; device=$2; shift 2 ;;
     --quick) quick=(--quick); shift ;;
+    --only) [ $# -ge 2 ] || usage; only=,$2,; shift 2 ;;
     *) usage ;;
   esac
 done
@@ -39,10 +43,12 @@ fi
 mkdir -p "$out" || exit 2
 export PYTHONUNBUFFERED=1
 
-failed=()
+failed=(); ran=()
 # run NAME SCRIPT ARGS...: table to OUT_DIR/NAME.md, results to NAME.json
 run() {
   local name=$1 script=$2; shift 2
+  if [ -n "$only" ] && [[ $only != *",$name,"* ]]; then return; fi
+  ran+=("$name")
   local start=$SECONDS
   echo "== $name: $script $*"
   if "$PYTHON" "$here/$script" --device "$device" "${quick[@]}" \
@@ -71,6 +77,13 @@ case $device in
     run scaling bench_scaling.py ;;
 esac
 
+if [ -n "$only" ]; then
+  # a name that matched no run is a typo: say so rather than run nothing
+  for name in ${only//,/ }; do
+    [[ " ${ran[*]} " == *" $name "* ]] || {
+      echo "--only: no run named $name on $device" >&2; exit 2; }
+  done
+fi
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed: ${failed[*]} (logs in $out)"
   exit 1

@@ -35,6 +35,18 @@ def test_run_all_reports_failures_and_exits_nonzero(tmp_path):
     assert f'failed: {" ".join(CPU_RUNS)}' in proc.stdout, proc.stdout
 
 
+def test_run_all_only_runs_the_named_ones(tmp_path):
+    proc = run_tool('bash', RUN_ALL, tmp_path, '--only', 'head,step',
+                    env={'PYTHON': 'false'}, check=False, timeout=60)
+    assert proc.returncode == 1, proc.stdout
+    assert 'failed: head step (' in proc.stdout, proc.stdout
+    assert '== data' not in proc.stdout, proc.stdout
+    proc = run_tool('bash', RUN_ALL, tmp_path, '--only', 'head,stpe',
+                    env={'PYTHON': 'false'}, check=False, timeout=60)
+    assert proc.returncode == 2, proc.stdout
+    assert '--only: no run named stpe on cpu' in proc.stdout, proc.stdout
+
+
 def test_run_all_refuses_unknown_options(tmp_path):
     proc = run_tool('bash', RUN_ALL, tmp_path, '--devcie', 'cuda',
                     check=False, timeout=60)
