@@ -255,8 +255,8 @@ def main(argv=None):
     if args.compile:
         # name each generated CPU kernel in the profile, so that count_ops
         # counts it (on a GPU every kernel is a launch anyway)
-        import torch._inductor.config
-        torch._inductor.config.cpp.enable_kernel_profile = True
+        from torch._inductor import config as inductor_config
+        inductor_config.cpp.enable_kernel_profile = True
     torch.manual_seed(args.seed)
     slow_enc, fast_enc = build_encoders(args.depth, dev)
     clips = {
