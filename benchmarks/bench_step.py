@@ -286,7 +286,10 @@ def main(argv=None):
         print('host-device syncs in one step (each stops the CPU from '
               'queueing kernels ahead): VTHCL '
               f'{count_syncs(lambda: vthcl_step_with(vthcl_batch(99)))}, '
-              f'stock x2 {count_syncs(stock)}')
+              f'stock x2 {count_syncs(stock)}' + (
+                  ', VTHCL with the compiled head ' + str(count_syncs(
+                      lambda: vthcl_step_with(vthcl_batch(99), COMPILED)))
+                  if args.compile_head else ''))
     info['load_after'] = load()
     print(f"load before/after: {info['load_before']} / {info['load_after']}")
     dump_json(args.json, dict(machine=info, times=t, ratio=r,
