@@ -452,10 +452,7 @@ class HierarchicalContrastiveHead(BaseModule):
             ``cos_{depth}`` (mean cosine between different slow embeddings
             of the batch; near 1 means collapse).
         """
-        # All embeddings in one (2·depths, B, D) tensor, in the banks'
-        # order, so that the losses can be one batch of operations
-        embeddings = {'slow': slow, 'fast': fast}
-        queries = torch.stack([embeddings[t][d] for d, t in self._order()])
+        queries = self._stack_queries(slow, fast)
         return self._finish(
             index, queries,
             *self._contrast(queries, index, self._negatives(index)))
@@ -482,6 +479,7 @@ class HierarchicalContrastiveHead(BaseModule):
         if self.compile_cfg is None:
             return self.loss(self.project(slow_feats, 'slow'),
                              self.project(fast_feats, 'fast'), index)
+        # refused before, not after, a minute of compiling
         self.memory.check_update()
         negatives = self._negatives(index)
         queries, per_depth, nce, acc, cos = self._compiled_fn(
@@ -492,6 +490,13 @@ class HierarchicalContrastiveHead(BaseModule):
     def _order(self) -> List[Tuple[str, str]]:
         """(depth, tempo) of the queries, in the banks' order."""
         return [(d, t) for d in self.depths for t in self.tempos]
+
+    def _stack_queries(self, slow: Dict[str, torch.Tensor],
+                       fast: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """All embeddings in one (2·depths, B, D) tensor, in the banks'
+        order, so that the losses can be one batch of operations."""
+        embeddings = {'slow': slow, 'fast': fast}
+        return torch.stack([embeddings[t][d] for d, t in self._order()])
 
     def _negatives(self, index: torch.Tensor) -> torch.Tensor:
         """The step's negative indices, (K, ) or (B, K), drawn on the
@@ -506,11 +511,8 @@ class HierarchicalContrastiveHead(BaseModule):
                               index: torch.Tensor,
                               negatives: torch.Tensor) -> tuple:
         """The compiled graph: φ of both tempos and :meth:`_contrast`."""
-        feats = {'slow': slow_feats, 'fast': fast_feats}
-        queries = torch.stack([
-            self.projections[f'{d}_{t}'](feats[t][self.depths.index(d)])
-            for d, t in self._order()
-        ])
+        queries = self._stack_queries(self.project(slow_feats, 'slow'),
+                                      self.project(fast_feats, 'fast'))
         return (queries, ) + self._contrast(queries, index, negatives)
 
     def _contrast(self, queries: torch.Tensor, index: torch.Tensor,
