@@ -32,6 +32,7 @@ def apply() -> None:
     patch_checkpoint_loader()
     patch_resume_loader()
     fix_color_jitter_hue_numpy2()
+    warm_up_mkl_vml()
     _APPLIED = True
 
 
@@ -506,3 +507,56 @@ def load_tensors_only(path: str, map_location='cpu'):
     except Exception as e:  # corrupt zip, truncated file, not a checkpoint
         raise RuntimeError(f'{path}: cannot be read as a PyTorch checkpoint '
                            f'({type(e).__name__}: {e})') from e
+
+
+# --------------------------------------------------------------------------
+# 6. oneMKL 2024.2: a VML function's first call can be low-precision
+# --------------------------------------------------------------------------
+#: the float ops ATen hands to MKL's VML (``ATen/cpu/vml.h``, torch 2.13)
+_MKL_VML_OPS = ('acos', 'asin', 'atan', 'cos', 'erf', 'erfc', 'erfinv',
+                'exp', 'log', 'log10', 'log2', 'sin', 'sqrt', 'tan', 'tanh',
+                'trunc')
+_MKL_VML_WARM = False
+
+
+def warm_up_mkl_vml() -> bool:
+    """Resolve MKL VML's kernel choice before two threads can race for it.
+
+    On CPU, ATen computes ``exp``, ``log``, ``sqrt`` and the other ops in
+    ``_MKL_VML_OPS`` of contiguous float32/float64 tensors with MKL's VML,
+    in chunks of 2048 elements on the intra-op threads. oneMKL picks each
+    VML function's kernel lazily, at its first call; when that first call
+    runs on two threads at once, one of them can compute its whole chunk
+    with a low-accuracy kernel although ATen asks for the high-accuracy one
+    (oneMKL 2024.2, the version in the torch 2.13 wheels; not seen from
+    2025.0 on; pytorch/pytorch#188792). Measured here (2 cores, Intel Xeon):
+    the first ``torch.exp`` of a fresh process on 4112 elements was wrong in
+    7 of 80 processes, each time by 1.5e-4 relative (about 12 correct bits
+    of 24), and right in every later call. In VTHCL that first call is the
+    InfoNCE softmax of the first step: such a run took another path from
+    its first iteration, by chance, more often on a busy machine, and a run
+    did not always repeat on one machine.
+
+    A one-element call of each function and precision runs on one thread
+    and settles the choice: 0 of 80 processes wrong after it. It takes about
+    2 ms, once per process, and changes no result that was right (a
+    one-epoch demo run trains bit-identically with and without it).
+
+    Returns:
+        bool: True when the calls were made (torch uses MKL, first time).
+    """
+    global _MKL_VML_WARM
+    import torch
+    if _MKL_VML_WARM or not torch.backends.mkl.is_available():
+        return False
+    for dtype in (torch.float32, torch.float64):
+        x = torch.full((1, ), 0.5, dtype=dtype)
+        for name in _MKL_VML_OPS:
+            getattr(torch, name)(x)
+    _MKL_VML_WARM = True
+    return True
+
+
+def mkl_vml_warmed_up() -> bool:
+    """Whether :func:`warm_up_mkl_vml` has run in this process."""
+    return _MKL_VML_WARM

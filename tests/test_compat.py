@@ -380,3 +380,48 @@ def test_process_group_released_after_a_run():
     init_gloo(0, port, world_size=1)
     assert compat.release_process_group()
     assert not dist.is_initialized()
+
+
+def test_importing_mmvthcl_settles_mkl_vml_first():
+    # this process imported mmvthcl (above), which ran the warm-up
+    assert compat.mkl_vml_warmed_up() == torch.backends.mkl.is_available()
+    assert not compat.warm_up_mkl_vml()  # once per process
+
+
+# A fresh process (compat.py alone, so nothing has called MKL yet), optionally
+# warmed up, then the first and the second call of every VML op in both
+# precisions on 4112 elements: three chunks, two intra-op threads. The second
+# call runs on a settled kernel choice; the first must equal it bit for bit.
+_VML_FIRST_CALLS = _COMPAT_ALONE + """
+import sys
+import torch
+if sys.argv[1] == 'warm':
+    assert compat.warm_up_mkl_vml()
+wrong = []
+# exp first, as in training (the InfoNCE softmax)
+ops = sorted(compat._MKL_VML_OPS, key=lambda name: name != 'exp')
+for dtype in (torch.float32, torch.float64):
+    x = torch.linspace(0.1, 0.9, 4112, dtype=dtype)  # every op's domain
+    for name in ops:
+        op = getattr(torch, name)
+        if not torch.equal(op(x), op(x)):
+            wrong.append(f'{name}/{dtype}')
+print(len(wrong), ' '.join(wrong))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.backends.mkl.is_available(),
+                    reason='this torch does not use MKL')
+def test_mkl_vml_warm_up_makes_first_calls_exact():
+    # oneMKL 2024.2 picks a VML kernel at a function's first call; two
+    # threads making it at once can get a low-accuracy one (compat.py, 6).
+    # Without the warm-up, about 1 in 13 of these processes had a wrong
+    # first call here (3 of 40; 12 of 100 with random input), so 20 clean
+    # ones would be luck once in 5. One at a time: two processes at once
+    # on 2 cores hit the race less (0 of 40), their threads start apart.
+    for _ in range(20):
+        out = subprocess.run([sys.executable, '-c', _VML_FIRST_CALLS, 'warm'],
+                             capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split()[0] == '0', out.stdout
