@@ -388,10 +388,11 @@ def test_importing_mmvthcl_settles_mkl_vml_first():
     assert not compat.warm_up_mkl_vml()  # once per process
 
 
-# A fresh process (compat.py alone, so nothing has called MKL yet), optionally
-# warmed up, then the first and the second call of every VML op in both
-# precisions on 4112 elements: three chunks, two intra-op threads. The second
-# call runs on a settled kernel choice; the first must equal it bit for bit.
+# A fresh process (compat.py alone, so nothing has called MKL yet), warmed up
+# with argument 'warm' ('cold': not, to measure the race), then the first and
+# the second call of every VML op in both precisions on 4112 elements: three
+# chunks, two intra-op threads. The second call runs on a settled kernel
+# choice; the first must equal it bit for bit.
 _VML_FIRST_CALLS = _COMPAT_ALONE + """
 import sys
 import torch
@@ -416,10 +417,10 @@ print(len(wrong), ' '.join(wrong))
 def test_mkl_vml_warm_up_makes_first_calls_exact():
     # oneMKL 2024.2 picks a VML kernel at a function's first call; two
     # threads making it at once can get a low-accuracy one (compat.py, 6).
-    # Without the warm-up, about 1 in 13 of these processes had a wrong
-    # first call here (3 of 40; 12 of 100 with random input), so 20 clean
-    # ones would be luck once in 5. One at a time: two processes at once
-    # on 2 cores hit the race less (0 of 40), their threads start apart.
+    # 'cold', 3 of 40 of these processes had a wrong first call here, so
+    # 20 clean ones without the warm-up would be luck once in 5. One at a
+    # time: two processes at once on 2 cores hit the race less (0 of 40;
+    # their threads start apart).
     for _ in range(20):
         out = subprocess.run([sys.executable, '-c', _VML_FIRST_CALLS, 'warm'],
                              capture_output=True, text=True, cwd=ROOT)
