@@ -153,19 +153,17 @@ def count_syncs(fn) -> int:
 def build_models(args, device):
     from mmaction.registry import MODELS
     torch.manual_seed(args.seed)
+    vthcl_cfg = vthcl_model_cfg(args, args.num_samples, args.num_negatives,
+                                args.per_sample_negatives)
     models = dict(
-        vthcl=MODELS.build(
-            vthcl_model_cfg(args, args.num_samples, args.num_negatives,
-                            args.per_sample_negatives)),
+        vthcl=MODELS.build(copy.deepcopy(vthcl_cfg)),
         slow=MODELS.build(stock_model_cfg(args.depth)),
         fast=MODELS.build(stock_model_cfg(args.depth)))
     for m in models.values():
         m.init_weights()
     if args.compile_head:
-        cfg = vthcl_model_cfg(args, args.num_samples, args.num_negatives,
-                              args.per_sample_negatives)
-        cfg['head']['compile'] = True
-        models[COMPILED] = MODELS.build(cfg)
+        vthcl_cfg['head']['compile'] = True
+        models[COMPILED] = MODELS.build(vthcl_cfg)
         models[COMPILED].load_state_dict(models['vthcl'].state_dict())
     for m in models.values():
         m.to(device)
