@@ -43,12 +43,15 @@ fi
 mkdir -p "$out" || exit 2
 export PYTHONUNBUFFERED=1
 
-failed=(); ran=()
-# run NAME SCRIPT ARGS...: table to OUT_DIR/NAME.md, results to NAME.json
+failed=(); known=(); dry=1
+# run NAME SCRIPT ARGS...: table to OUT_DIR/NAME.md, results to NAME.json.
+# The plan is walked twice: first dry, only to learn the run names, so a
+# typo in --only stops the script before anything runs (on a lent GPU every
+# minute counts), then for real.
 run() {
   local name=$1 script=$2; shift 2
+  if [ $dry = 1 ]; then known+=("$name"); return; fi
   if [ -n "$only" ] && [[ $only != *",$name,"* ]]; then return; fi
-  ran+=("$name")
   local start=$SECONDS
   echo "== $name: $script $*"
   if "$PYTHON" "$here/$script" --device "$device" "${quick[@]}" \
@@ -60,30 +63,34 @@ run() {
   fi
 }
 
-case $device in
-  cuda*)
-    run step_r50_224 bench_step.py --depth 50 --batch 8 --crop 224 --reps 20
-    run step_r50_224_amp bench_step.py --depth 50 --batch 8 --crop 224 \
-      --reps 20 --amp
-    run step_r18_112 bench_step.py --depth 18 --batch 8 --crop 112 --reps 20 \
-      --compile-head
-    run head bench_head.py --no-memory --reps 20 --compile
-    run scaling bench_scaling.py
-    run data bench_data.py --quick ;;
-  *)
-    run data bench_data.py
-    run head bench_head.py
-    run step bench_step.py
-    run scaling bench_scaling.py ;;
-esac
+plan() {
+  case $device in
+    cuda*)
+      run step_r50_224 bench_step.py --depth 50 --batch 8 --crop 224 --reps 20
+      run step_r50_224_amp bench_step.py --depth 50 --batch 8 --crop 224 \
+        --reps 20 --amp
+      run step_r18_112 bench_step.py --depth 18 --batch 8 --crop 112 \
+        --reps 20 --compile-head
+      run head bench_head.py --no-memory --reps 20 --compile
+      run scaling bench_scaling.py
+      run data bench_data.py --quick ;;
+    *)
+      run data bench_data.py
+      run head bench_head.py
+      run step bench_step.py
+      run scaling bench_scaling.py ;;
+  esac
+}
 
-if [ -n "$only" ]; then
-  # a name that matched no run is a typo: say so rather than run nothing
-  for name in ${only//,/ }; do
-    [[ " ${ran[*]} " == *" $name "* ]] || {
-      echo "--only: no run named $name on $device" >&2; exit 2; }
-  done
-fi
+plan
+for name in ${only//,/ }; do
+  [[ " ${known[*]} " == *" $name "* ]] || {
+    echo "--only: no run named $name on $device (runs: ${known[*]})" >&2
+    exit 2; }
+done
+dry=0
+plan
+
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed: ${failed[*]} (logs in $out)"
   exit 1

@@ -45,6 +45,8 @@ def test_run_all_only_runs_the_named_ones(tmp_path):
                     env={'PYTHON': 'false'}, check=False, timeout=60)
     assert proc.returncode == 2, proc.stdout
     assert '--only: no run named stpe on cpu' in proc.stdout, proc.stdout
+    # the typo stops it before anything runs, not after the known ones
+    assert '== head' not in proc.stdout, proc.stdout
 
 
 def test_run_all_refuses_unknown_options(tmp_path):
